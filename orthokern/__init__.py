@@ -1,0 +1,13 @@
+"""orthokern: fast batched polar decomposition (orthogonalisation) of gradients, with Triton and CUDA kernels.
+
+    import orthokern
+    P = orthokern.polar(G)                       # (..., m, n) -> nearest orthonormal, same shape and dtype
+    orthokern.available_backends()               # e.g. ['cpp', 'torch']
+"""
+from ._backends import available_backends, info
+from ._polar import DEFAULT_RCOND, polar
+from ._registry import BACKENDS, METHODS, MODES
+
+__version__ = "0.1.0"
+
+__all__ = ["polar", "METHODS", "MODES", "BACKENDS", "DEFAULT_RCOND", "available_backends", "info", "__version__"]

@@ -1,0 +1,141 @@
+"""``orthokern.polar``: argument checking, tall/wide handling, dispatch, the ``auto`` rule and autograd."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _auto, _registry
+from ._registry import BACKENDS, METHODS, MODES
+
+# Singular values below rcond * s_max are treated as zero (their directions are dropped from the result).
+# 1e-3 follows the accuracy contract: every method resolves condition numbers up to 1e3 to the contract's
+# accuracy in float32, and directions weaker than that carry little of a gradient.
+DEFAULT_RCOND = 1e-3
+
+_FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_args(G, method, mode, rcond, backend) -> float:
+    if not isinstance(G, torch.Tensor):
+        raise TypeError(f"polar: G must be a torch.Tensor, got {type(G).__name__}")
+    if G.dim() < 2:
+        raise ValueError(f"polar: G must have at least 2 dimensions (..., m, n), got shape {tuple(G.shape)}")
+    if G.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"polar: G must be float64, float32, bfloat16 or float16, got {G.dtype}"
+            + (" (complex input is not supported)" if G.is_complex() else "")
+        )
+    if method not in METHODS:
+        raise ValueError(f"polar: method must be one of {METHODS}, got {method!r}")
+    if mode not in MODES:
+        raise ValueError(f"polar: mode must be one of {MODES}, got {mode!r}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"polar: backend must be None or one of {BACKENDS}, got {backend!r}")
+    if rcond is None:
+        return DEFAULT_RCOND
+    rcond = float(rcond)
+    if not (0.0 <= rcond < 1.0):
+        raise ValueError(f"polar: rcond must be in [0, 1), got {rcond}")
+    return rcond
+
+
+def _polar_tall(X: torch.Tensor, method: str, mode: str, rcond: float, backend: Optional[str]) -> torch.Tensor:
+    """X (B, m, n), m >= n, no autograd: the chosen implementation (or the auto rule) on it."""
+    if method == "auto":
+        return _auto.polar_auto(X, mode=mode, rcond=rcond, backend=backend)
+    return _registry.resolve(method, backend, X).fn(X, mode=mode, rcond=rcond)
+
+
+def _polar_nograd(G: torch.Tensor, method: str, mode: str, rcond: float, backend: Optional[str]) -> torch.Tensor:
+    *batch, m, n = G.shape
+    wide = m < n
+    X = G.mT if wide else G
+    X = X.reshape(-1, *X.shape[-2:])
+    if X.numel() == 0:
+        O = torch.zeros_like(X)
+    else:
+        O = _polar_tall(X, method, mode, rcond, backend)
+    O = O.reshape(*batch, *O.shape[-2:])
+    return O.mT.contiguous() if wide else O
+
+
+def polar(
+    G: torch.Tensor,
+    *,
+    method: str = "auto",
+    mode: str = "accurate",
+    rcond: Optional[float] = None,
+    backend: Optional[str] = None,
+    check_finite: bool = False,
+) -> torch.Tensor:
+    """Polar factor P = U V^T of each matrix of G (..., m, n), tall or wide, as a new tensor like G.
+
+    Args:
+        G: float64, float32, bfloat16 or float16 tensor with at least two dimensions; any strides. It is not
+            modified.
+        method: ``"auto"`` (chosen by shape, dtype and device; see README), ``"svd"``, ``"gram_eigh"``,
+            ``"newton_schulz"`` or ``"cholqr2"``.
+        mode: ``"accurate"`` meets the accuracy contract (README); ``"fast"`` trades accuracy for speed in the
+            manner of Muon's Newton–Schulz (still more accurate than it).
+        rcond: singular values below ``rcond * s_max`` count as zero and their directions are dropped
+            (default 1e-3).
+        backend: ``None`` for the best available, or ``"torch"``, ``"cpp"``, ``"triton"``, ``"cuda"`` to
+            force one; an unavailable one raises ``RuntimeError`` saying why.
+        check_finite: raise ``ValueError`` if G holds NaN or Inf (this synchronises with the device).
+            Otherwise such matrices give NaN results.
+
+    Differentiable: the backward solves the Sylvester equation of the polar factor in the eigenbasis of
+    H = P^T G (see ``_PolarFunction``).
+    """
+    rcond = _check_args(G, method, mode, rcond, backend)
+    if check_finite and not bool(torch.isfinite(G).all()):
+        raise ValueError("polar: G contains NaN or Inf (check_finite=True)")
+    if torch.is_grad_enabled() and G.requires_grad:
+        return _PolarFunction.apply(G, method, mode, rcond, backend)
+    with torch.no_grad():
+        return _polar_nograd(G, method, mode, rcond, backend)
+
+
+class _PolarFunction(torch.autograd.Function):
+    """Autograd for the polar factor of a tall G = P H (P^T P = I, H = P^T G symmetric positive).
+
+    For dP = P Omega + (I - P P^T) dG H^{-1} with Omega skew, H Omega + Omega H = P^T dG - dG^T P, the
+    vector-Jacobian product is
+
+        dL/dG = P V [ (V^T (P^T Pbar - Pbar^T P) V)_ij / (s_i + s_j) ] V^T + (I - P P^T) Pbar V diag(1/s) V^T
+
+    with H = V diag(s) V^T. Directions with s_i < rcond * s_max (where P is not differentiable) get zero
+    weight instead of an Inf. Wide matrices are handled on the transpose.
+    """
+
+    @staticmethod
+    def forward(ctx, G, method, mode, rcond, backend):
+        with torch.no_grad():
+            P = _polar_nograd(G, method, mode, rcond, backend)
+        ctx.save_for_backward(G, P)
+        ctx.rcond = rcond
+        return P
+
+    @staticmethod
+    def backward(ctx, Pbar):
+        G, P = ctx.saved_tensors
+        wide = G.shape[-2] < G.shape[-1]
+        if wide:
+            G, P, Pbar = G.mT, P.mT, Pbar.mT
+        dtype = torch.float64 if G.dtype == torch.float64 else torch.float32
+        Gc, Pc, Pb = G.to(dtype), P.to(dtype), Pbar.to(dtype)
+        H = Pc.mT @ Gc
+        s, V = torch.linalg.eigh(0.5 * (H + H.mT))
+        keep = s > ctx.rcond * s.amax(-1, keepdim=True).clamp_min(0)
+        s_safe = torch.where(keep, s, torch.ones_like(s))
+        denom = s_safe[..., :, None] + s_safe[..., None, :]
+        both = keep[..., :, None] & keep[..., None, :]
+        S = Pc.mT @ Pb
+        C = V.mT @ (S - S.mT) @ V
+        M = torch.where(both, C / denom, torch.zeros_like(C))
+        inv_s = torch.where(keep, 1.0 / s_safe, torch.zeros_like(s))
+        Gbar = Pc @ (V @ M @ V.mT) + (Pb - Pc @ (Pc.mT @ Pb)) @ ((V * inv_s[..., None, :]) @ V.mT)
+        if wide:
+            Gbar = Gbar.mT
+        return Gbar.to(G.dtype), None, None, None, None

@@ -1,0 +1,1 @@
+"""Registers the Triton kernels of ``orthokern.triton_kernels`` as backend "triton"."""

@@ -1,0 +1,1 @@
+"""Triton kernels of orthokern (installed as ``orthokern.triton_kernels``)."""
