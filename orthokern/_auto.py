@@ -31,10 +31,9 @@ _FUSED_MAX_N = 64
 _BOUND_SLACK = 1e-2
 
 
-def choose(X: torch.Tensor, mode: str) -> str:
-    """The method for the tall batch X (B, m, n)."""
-    m, n = X.shape[-2], X.shape[-1]
-    if X.device.type != "cuda":
+def choose(m: int, n: int, device_type: str, mode: str) -> str:
+    """The method for a tall batch of m x n matrices (m >= n) on ``device_type``."""
+    if device_type != "cuda":
         return "gram_eigh"
     if n <= _FUSED_MAX_N:
         return "gram_eigh"
@@ -58,7 +57,7 @@ def broken(X: torch.Tensor, O: torch.Tensor) -> torch.Tensor:
 
 
 def polar_auto(X: torch.Tensor, *, mode: str, rcond: float, backend: Optional[str]) -> torch.Tensor:
-    method = choose(X, mode)
+    method = choose(X.shape[-2], X.shape[-1], X.device.type, mode)
     O = _registry.resolve(method, backend, X).fn(X, mode=mode, rcond=rcond)
     if _capturing():
         return O

@@ -50,13 +50,11 @@ def _polar_tall(X: torch.Tensor, method: str, mode: str, rcond: float, backend: 
 def _polar_nograd(G: torch.Tensor, method: str, mode: str, rcond: float, backend: Optional[str]) -> torch.Tensor:
     *batch, m, n = G.shape
     wide = m < n
+    if G.numel() == 0:
+        return torch.empty_like(G, memory_format=torch.contiguous_format)
     X = G.mT if wide else G
     X = X.reshape(-1, *X.shape[-2:])
-    if X.numel() == 0:
-        O = torch.zeros_like(X)
-    else:
-        O = _polar_tall(X, method, mode, rcond, backend)
-    O = O.reshape(*batch, *O.shape[-2:])
+    O = _polar_tall(X, method, mode, rcond, backend).reshape(*batch, *X.shape[-2:])
     return O.mT.contiguous() if wide else O
 
 

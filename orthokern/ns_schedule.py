@@ -16,11 +16,11 @@ data (no host synchronisation, graph-capturable).
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
+import torch
 
 MUON_QUINTIC = (3.4445, -4.7750, 2.0315)
 
@@ -45,8 +45,7 @@ NORM_SAFETY = 1.01
 FAST_STEPS = 5
 
 
-@dataclasses.dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     a: float
     b: float
     c: float
@@ -65,8 +64,22 @@ def lower_bound(n: int, rcond: float) -> float:
     return rcond * n ** (-1.0 / 8.0) / NORM_SAFETY
 
 
-@functools.lru_cache(maxsize=256)
+# torch.compile calls it at trace time and bakes the steps into the graph: the result depends only on these
+# Python constants, and its numpy simulation is nothing dynamo should trace.
+@torch.compiler.assume_constant_result
 def schedule(mode: str, rcond: float, n: int, tol: float, max_steps: int = 60) -> tuple[Step, ...]:
+    key = (mode, rcond, n, tol, max_steps)
+    if key not in _SCHEDULES:
+        _SCHEDULES[key] = _build_schedule(*key)
+    return _SCHEDULES[key]
+
+
+# A plain dict, not functools.lru_cache: dynamo traces through lru_cache wrappers instead of honouring
+# assume_constant_result.
+_SCHEDULES: dict[tuple, tuple[Step, ...]] = {}
+
+
+def _build_schedule(mode: str, rcond: float, n: int, tol: float, max_steps: int) -> tuple[Step, ...]:
     """Steps that take every singular value in [lower_bound(n, rcond), 1] to within ``tol`` of 1.
 
     ``fast``: FAST_STEPS Polar Express steps, all low precision (Muon's cost, far more accurate than its

@@ -1,9 +1,10 @@
 """Pre- and post-processing shared by the pure-PyTorch implementations.
 
 Every method works on a copy of G in its compute dtype (float64 for float64 input, float32 otherwise: half
-precision is only a storage format here), scaled by a power of two so that ||G||_F lies in [0.5, 1). The
+precision is only a storage format here), scaled by a power of two so that max |G_ij| lies in [0.5, 1). The
 polar factor does not depend on the scale, a power of two changes no mantissa bit, and the Gram matrix can
-then neither overflow nor underflow in float32 whatever the gradient's magnitude.
+then neither overflow nor underflow in float32 whatever the gradient's magnitude. (The largest entry, not the
+Frobenius norm, sets the scale: the norm itself overflows float32 for entries above ~1e19.)
 
 Matrices with a NaN or Inf are computed on zeros (LAPACK may refuse non-finite input) and their result is
 set to NaN afterwards, so a non-finite input always gives a non-finite output and never a plausible one.
@@ -18,7 +19,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def prepare(G: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(X, finite): G (B, m, n) in ``dtype`` scaled to ||X||_F in [0.5, 1), non-finite matrices zeroed.
+    """(X, finite): G (B, m, n) in ``dtype`` scaled to max |X_ij| in [0.5, 1), non-finite matrices zeroed.
 
     ``finite`` is a (B,) bool tensor; nothing here synchronises with the device.
     """
@@ -26,10 +27,10 @@ def prepare(G: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Te
     X = G.to(dtype)
     finite = torch.isfinite(X).all(dim=(-2, -1))
     X = torch.where(finite[:, None, None], X, torch.zeros((), dtype=dtype, device=X.device))
-    norm = torch.linalg.matrix_norm(X)
-    # frexp gives norm = mantissa * 2**exp with mantissa in [0.5, 1); a zero norm gives exp 0, so zero
-    # matrices keep scale 1 and stay zero.
-    _, exp = torch.frexp(norm)
+    amax = X.abs().amax(dim=(-2, -1))
+    # frexp gives amax = mantissa * 2**exp with mantissa in [0.5, 1); zero gives exp 0, so zero matrices keep
+    # scale 1 and stay zero.
+    _, exp = torch.frexp(amax)
     X = torch.ldexp(X, -exp[:, None, None].to(dtype))
     return X, finite
 

@@ -1,0 +1,105 @@
+"""The accuracy contract: every method x CPU backend x dtype x orientation x spectrum, against float64 SVD."""
+import pytest
+import torch
+
+import orthokern
+from orthokern import _registry
+from orthokern.testing import E_BOUND, NORM_SLACK, accuracy, random_matrix
+
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+# (batch, m, n): tall, wide, square, and a batched odd size.
+SHAPES = [((), 37, 11), ((), 9, 40), ((), 24, 24), ((3,), 50, 17), ((2, 2), 13, 30)]
+SPECTRA = ["well", "decaying", "decay2", "rank_deficient", "gaussian"]
+METHODS = [m for m in orthokern.METHODS]
+
+
+def cpu_backends(method):
+    """Backends of ``method`` that can run CPU tensors (Triton-on-CPU is tested in test_triton_*)."""
+    if method == "auto":
+        return [None]
+    probe = torch.empty(1, 4, 2)
+    return [i.backend for i in _registry.implementations(method) if i.backend != "triton" and i.why_not(probe) is None]
+
+
+def cases():
+    _registry._load_backends()
+    for method in METHODS:
+        for backend in cpu_backends(method):
+            yield pytest.param(method, backend, id=f"{method}-{backend or 'default'}")
+
+
+@pytest.mark.parametrize("method,backend", list(cases()))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("spectrum", SPECTRA)
+def test_accurate_mode_meets_contract(method, backend, dtype, spectrum):
+    for i, (batch, m, n) in enumerate(SHAPES):
+        G = random_matrix(batch, m, n, spectrum, dtype=dtype, scale=3.7)
+        try:
+            O = orthokern.polar(G, method=method, backend=backend)
+        except RuntimeError as e:
+            if "cannot run" in str(e):  # e.g. a shape limit of a compiled kernel
+                continue
+            raise
+        assert O.shape == G.shape and O.dtype == G.dtype
+        acc = accuracy(G, O)
+        assert acc.finite, f"{method}/{backend} gave non-finite output for {batch}x{m}x{n}"
+        assert acc.E <= E_BOUND[dtype], f"{method}/{backend} {batch}x{m}x{n}: E={acc.E:.2e}"
+        assert acc.norm2 <= 1 + NORM_SLACK[dtype], f"{method}/{backend} {batch}x{m}x{n}: ||O||2={acc.norm2}"
+
+
+@pytest.mark.parametrize("method", ["gram_eigh", "newton_schulz", "cholqr2", "auto"])
+def test_fast_mode_at_least_as_accurate_as_muon(method):
+    """design.md §1: fast mode is at least as accurate as Muon's 5-step quintic on the same input."""
+    from orthokern.ns_schedule import MUON_QUINTIC
+
+    G = random_matrix(4, 96, 48, "decaying", dtype=torch.float32, seed=5)
+    X = G / G.norm(dim=(-2, -1), keepdim=True)
+    a, b, c = MUON_QUINTIC
+    for _ in range(5):  # Muon's zeropower_via_newtonschulz5, in float32 on the CPU, on the wide orientation
+        Xw = X.mT
+        A = Xw @ Xw.mT
+        Xw = a * Xw + (b * A + c * A @ A) @ Xw
+        X = Xw.mT
+    muon = accuracy(G, X)
+    ours = accuracy(G, orthokern.polar(G, method=method, mode="fast"))
+    assert ours.E <= muon.E, (ours.E, muon.E)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rank_deficient_dense_layer_shape(method):
+    """The rank-deficient case that real dense-layer gradients have: rank = batch - 1 << min(m, n)."""
+    U = torch.randn(4, 120, 7, dtype=torch.float64)
+    V = torch.randn(4, 7, 64, dtype=torch.float64)
+    G = (U @ V).float()  # rank 7
+    O = orthokern.polar(G, method=method)
+    acc = accuracy(G, O)
+    assert acc.finite and acc.E <= E_BOUND[torch.float32] and acc.norm2 <= 1 + NORM_SLACK[torch.float32]
+    # Directions outside the row space of G must be dropped, not filled with arbitrary orthonormal vectors.
+    _, _, Vh = torch.linalg.svd(G.double())
+    null = Vh[:, 7:].mT
+    assert (O.double() @ null).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_scale_invariance_and_extreme_magnitudes(method):
+    G = random_matrix(2, 30, 12, "decaying", dtype=torch.float32, seed=3)
+    ref = orthokern.polar(G, method=method)
+    for scale in (1e-30, 1e30):
+        O = orthokern.polar(G * scale, method=method)
+        assert torch.isfinite(O).all()
+        assert (O - ref).abs().max() < 1e-4
+
+
+def test_auto_matches_svd_on_real_gradient_shapes():
+    """A conv gradient (out, in*k*k) and a dense one with rank = batch - 1, as Orthogonal-SGDM sees them."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3)
+    fc = torch.nn.Linear(16 * 6 * 6, 10)
+    x = torch.randn(5, 8, 8, 8)
+    y = torch.randint(0, 10, (5,))
+    loss = torch.nn.functional.cross_entropy(fc(conv(x).relu().flatten(1)), y)
+    loss.backward()
+    for p in (conv.weight, fc.weight):
+        G = p.grad.reshape(p.shape[0], -1)
+        acc = accuracy(G, orthokern.polar(G))
+        assert acc.finite and acc.E <= 1e-3 and acc.norm2 <= 1 + 1e-4

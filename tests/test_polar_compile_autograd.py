@@ -1,0 +1,55 @@
+"""torch.compile(fullgraph=True) over polar, and its gradient (gradcheck in float64)."""
+import pytest
+import torch
+
+import orthokern
+from orthokern.testing import accuracy, random_matrix
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", orthokern.METHODS)
+def test_compile_fullgraph(method):
+    torch._dynamo.reset()
+
+    def f(G):
+        return orthokern.polar(G, method=method) * 2.0
+
+    G = random_matrix(3, 20, 8, "decaying", seed=0)
+    compiled = torch.compile(f, fullgraph=True, backend="inductor" if method == "auto" else "aot_eager")
+    out = compiled(G)
+    torch.testing.assert_close(out, f(G), atol=1e-4, rtol=0)
+    assert accuracy(G, out / 2).E < 1e-3
+
+
+@pytest.mark.parametrize("method", ["svd", "gram_eigh", "newton_schulz"])
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6), (5, 5), (2, 7, 3)])
+def test_gradcheck(method, shape):
+    G = random_matrix(shape[:-2], *shape[-2:], "well", dtype=torch.float64, seed=1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda g: orthokern.polar(g, method=method), (G,), eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_cholqr2():
+    # cholqr2's shift perturbs results at ~1e-11, which finite differences at eps=1e-6 amplify to ~1e-5.
+    G = random_matrix((), 6, 4, "well", dtype=torch.float64, seed=2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda g: orthokern.polar(g, method="cholqr2"), (G,), eps=1e-5, atol=1e-4)
+
+
+def test_gradient_of_orthogonality_loss_matches_svd_autograd():
+    """The closed-form backward agrees with autograd through torch.linalg.svd (float64, distinct singular values)."""
+    G = random_matrix(2, 9, 5, "well", dtype=torch.float64, seed=3)
+    W = torch.randn(2, 9, 5, dtype=torch.float64)
+    g1 = G.clone().requires_grad_()
+    (orthokern.polar(g1) * W).sum().backward()
+    g2 = G.clone().requires_grad_()
+    U, s, Vh = torch.linalg.svd(g2, full_matrices=False)
+    ((U @ Vh) * W).sum().backward()
+    torch.testing.assert_close(g1.grad, g2.grad, atol=1e-9, rtol=1e-7)
+
+
+def test_gradient_in_float32_and_compile():
+    G = random_matrix(2, 12, 6, "well", dtype=torch.float32, seed=4).requires_grad_()
+    W = torch.randn(2, 12, 6)
+    (orthokern.polar(G) * W).sum().backward()
+    assert G.grad is not None and torch.isfinite(G.grad).all()
+    # The significant-subspace gradient is orthogonal to G's own direction: polar(c G) does not depend on c.
+    assert abs(float((G.grad * G.detach()).sum())) < 1e-4 * float(G.grad.norm() * G.detach().norm())
