@@ -53,3 +53,18 @@ def test_gradient_in_float32_and_compile():
     assert G.grad is not None and torch.isfinite(G.grad).all()
     # The significant-subspace gradient is orthogonal to G's own direction: polar(c G) does not depend on c.
     assert abs(float((G.grad * G.detach()).sum())) < 1e-4 * float(G.grad.norm() * G.detach().norm())
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_with_backward():
+    torch._dynamo.reset()
+    G = random_matrix(2, 10, 4, "well", seed=0).requires_grad_()
+    W = torch.randn(2, 10, 4)
+
+    def loss(g):
+        return (orthokern.polar(g, method="gram_eigh") * W).sum()
+
+    torch.compile(loss, fullgraph=True, backend="aot_eager")(G).backward()
+    compiled_grad, G.grad = G.grad.clone(), None
+    loss(G).backward()
+    torch.testing.assert_close(compiled_grad, G.grad)
