@@ -88,6 +88,7 @@ SGD_VARIANTS = [
     dict(momentum=0.0),
     dict(momentum=0.9, weight_decay=5e-4, maximize=True),
     dict(momentum=0.9, foreach=False),
+    dict(momentum=0.9, weight_decay=5e-4, fused=True),
 ]
 
 
@@ -130,6 +131,28 @@ def test_float32_model_matches_reference():
     train_pair(model, opt, ref, ref_opt, steps=4)
     # Each step's update is lr * (P + wd p) with ||P||_2 = 1; E <= 1e-3 per step is the float32 contract.
     assert_params_close(model, ref, atol=4 * 0.05 * 1e-3)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_grad_scaler(fused):
+    # With fused=True, GradScaler would hand the optimiser its scale to divide the gradients by inside the
+    # fused kernel; the polar factors are unit-scale already, so the optimiser must opt out of that path.
+    model = make_model(torch.float32)
+    ref = copy.deepcopy(model)
+    opt = FastOrthogonalSGD(model.parameters(), lr=0.05, method="svd", fused=fused)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    for i in range(3):
+        opt.zero_grad()
+        x, y = batch(i, torch.float32)
+        scaler.scale(F.cross_entropy(model(x), y)).backward()
+        scaler.step(opt)
+        scaler.update()
+        ref_opt.zero_grad()
+        backward(ref, i)
+        orthogonalise_reference(ref)
+        ref_opt.step()
+    assert_params_close(model, ref, atol=1e-4)
 
 
 def test_grad_is_left_as_the_raw_gradient():
