@@ -142,10 +142,13 @@ def orthogonalised_grads(
             buckets.setdefault((rows, cols, p.grad.dtype, p.grad.device), []).append(p)
     out: dict[torch.Tensor, torch.Tensor] = {}
     for (rows, cols, _, _), params in buckets.items():
-        G = torch.stack([p.grad.reshape(rows, cols) for p in params])
+        mats = [p.grad.reshape(rows, cols) for p in params]
+        # A lone matrix needs no copy: polar reads its input and never writes it.
+        G = mats[0].unsqueeze(0) if len(mats) == 1 else torch.stack(mats)
         O = polar(G, method=settings.method, mode=settings.mode, rcond=settings.rcond, backend=settings.backend)
         for p, o in zip(params, O.unbind(0)):
-            out[p] = o.view(p.shape)
+            # reshape, not view: a kernel backend may hand back a non-contiguous result.
+            out[p] = o.reshape(p.shape)
     return out
 
 
@@ -166,6 +169,8 @@ def _restore_grads(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 def _check_base(cls: type) -> None:
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise TypeError(f"Orthogonal: optimizer_cls must be a torch.optim.Optimizer subclass, got {cls!r}")
+    if issubclass(cls, _OrthogonalMixin):
+        raise TypeError(f"Orthogonal: {cls.__name__} already orthogonalises its gradients")
     if issubclass(cls, torch.optim.LBFGS):
         # LBFGS re-evaluates the closure inside its step; the gradients it sees there would not be replaced.
         raise TypeError("Orthogonal: LBFGS re-evaluates its closure inside step() and cannot be orthogonalised")

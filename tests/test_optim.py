@@ -386,6 +386,8 @@ def test_argument_errors():
         Orthogonal(torch.optim.LBFGS)
     with pytest.raises(TypeError, match="optimizer_cls"):
         Orthogonal(nn.Linear)
+    with pytest.raises(TypeError, match="already"):
+        Orthogonal(FastOrthogonalSGD)
     opt = FastOrthogonalSGD(model.parameters(), lr=0.1, backend="cuda")
     backward(model, 0)
     if not torch.cuda.is_available():
