@@ -100,16 +100,16 @@ def train_run(data, opt_name, lr, seed, epochs, batch_size, method, mode, progre
     test_acc, train_loss = [], []
     for _ in range(epochs):
         perm = torch.randperm(len(y_train), generator=order).to(x_train.device)
-        total, count = 0.0, 0
+        # Summed on the device: a .item() per step would make every step wait for the GPU.
+        total = torch.zeros((), device=x_train.device)
         for start in range(0, len(perm), batch_size):
             idx = perm[start:start + batch_size]
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-        train_loss.append(total / count)
+            total += loss.detach() * len(idx)
+        train_loss.append(total.item() / len(perm))
         test_acc.append(accuracy(model, x_test, y_test))
         progress.set_postfix_str(f"{opt_name} lr={lr:g} seed={seed} acc={test_acc[-1]:.3f}", refresh=False)
         progress.update(1)
