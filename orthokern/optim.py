@@ -41,7 +41,7 @@ import torch
 from ._polar import polar
 from ._registry import BACKENDS, METHODS, MODES
 
-__all__ = ["FastOrthogonalSGD", "Orthogonal", "orthogonalise", "orthogonalised_grads", "SELECTIONS"]
+__all__ = ["FastOrthogonalSGD", "Orthogonal", "orthogonalise", "SELECTIONS"]
 
 SELECTIONS = ("all", "conv", "none")
 # Group value standing for "the optimiser's predicate": a callable cannot live in a param group, because
@@ -82,7 +82,6 @@ class _Settings:
 
 def _make_settings(orthogonalise, method, mode, rcond, backend, where) -> _Settings:
     # Fail at construction, not at the first step: the same checks as polar()'s.
-
     if method not in METHODS:
         raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
     if mode not in MODES:
@@ -117,7 +116,7 @@ def _selected(settings: _Settings, group: dict, p: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def orthogonalised_grads(
+def _orthogonalised_grads(
     param_groups: list[dict],
     settings: _Settings,
 ) -> dict[torch.Tensor, torch.Tensor]:
@@ -219,7 +218,7 @@ class _OrthogonalMixin:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        saved = _swap_grads(orthogonalised_grads(self.param_groups, self._orthokern))  # type: ignore[attr-defined]
+        saved = _swap_grads(_orthogonalised_grads(self.param_groups, self._orthokern))  # type: ignore[attr-defined]
         try:
             self._base_step()()
         finally:
@@ -344,7 +343,7 @@ def orthogonalise(
             # The base step calls the closure again: hand it the value instead of a second forward/backward.
             kwargs = dict(kwargs, closure=lambda: loss)
             new = (args[:1], kwargs)
-        saved.extend(_swap_grads(orthogonalised_grads(opt.param_groups, settings)))
+        saved.extend(_swap_grads(_orthogonalised_grads(opt.param_groups, settings)))
         return new
 
     def post_hook(opt, args, kwargs):

@@ -231,7 +231,8 @@ def main(argv=None) -> dict:
     print(f"{'':10s} {'optimiser':10s} {'final test acc (mean ± std over seeds)':>40s}")
     for lr_key, by_opt in report["summary"].items():
         for name, s in by_opt.items():
-            print(f"{lr_key:10s} {name:10s} {100 * s['final_test_acc_mean']:33.2f} ± {100 * s['final_test_acc_std']:.2f} %")
+            mean, std = 100 * s["final_test_acc_mean"], 100 * s["final_test_acc_std"]
+            print(f"{lr_key:10s} {name:10s} {mean:33.2f} ± {std:.2f} %")
     print(f"wrote {png_path} and {json_path} ({elapsed:.1f} s)")
     return report
 
