@@ -419,6 +419,22 @@ def test_bfloat16_parameters():
     assert (p.double() - w.double()).abs().max() > 0.01
 
 
+@pytest.mark.parametrize("method", ["svd", "gram_eigh", "newton_schulz", "cholqr2"])
+def test_step_reads_no_tensor_values(method):
+    # Meta tensors have shapes but no values: any .item(), bool(tensor) or value-dependent branch in the step
+    # raises. That is what makes the step capturable in a CUDA graph. (method="auto" runs its eager-only
+    # breakdown check here, which reads values by design and is skipped under capture and compile.)
+    params = [nn.Parameter(torch.empty(6, 4, 3, 3, device="meta")) for _ in range(2)]
+    params += [nn.Parameter(torch.empty(5, 7, device="meta")), nn.Parameter(torch.empty(5, device="meta"))]
+    for p in params:
+        p.grad = torch.empty_like(p)
+    opt = FastOrthogonalSGD(params, lr=0.1, weight_decay=1e-3, nesterov=True, method=method, backend="torch")
+    opt.step()
+    opt.step()
+    assert all(p.device.type == "meta" for p in params)
+    assert opt.state[params[0]]["momentum_buffer"].shape == params[0].shape
+
+
 @pytest.mark.slow
 def test_compiled_step_matches_eager():
     torch._dynamo.reset()
