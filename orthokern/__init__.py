@@ -7,6 +7,7 @@
 from ._backends import available_backends, info
 from ._polar import DEFAULT_RCOND, polar
 from ._registry import BACKENDS, METHODS, MODES
+from .optim import FastOrthogonalSGD
 
 __version__ = "0.1.0"
 
