@@ -11,4 +11,4 @@ from .optim import FastOrthogonalSGD
 
 __version__ = "0.1.0"
 
-__all__ = ["polar", "METHODS", "MODES", "BACKENDS", "DEFAULT_RCOND", "available_backends", "info", "__version__"]
+__all__ = ["polar", "FastOrthogonalSGD", "METHODS", "MODES", "BACKENDS", "DEFAULT_RCOND", "available_backends", "info", "__version__"]
