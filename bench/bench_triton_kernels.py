@@ -30,9 +30,9 @@ def _bench(fn, warmup=25, rep=100) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 
-def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+def copy_bandwidth(nbytes: int = 1 << 30, device: str = "cuda") -> float:
     """Bytes per second of a device-to-device copy (counts the read and the write)."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").normal_()
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
     ms = _bench(lambda: dst.copy_(src))
     return 2 * nbytes / (ms * 1e-3)
@@ -44,13 +44,13 @@ def _row(stage, shape, impl, ms, **extra):
     return r
 
 
-def bench_gram(bw: float, shapes=((256, 576, 64), (1024, 256, 32))) -> list[dict]:
+def bench_gram(bw: float, shapes=((256, 576, 64), (1024, 256, 32)), device: str = "cuda") -> list[dict]:
     from orthokern._triton_backend import kernels
 
     tk = kernels()
     rows = []
     for B, m, n in shapes:
-        G = torch.randn(B, m, n, device="cuda")
+        G = torch.randn(B, m, n, device=device)
         floor_ms = G.numel() * G.element_size() / bw * 1e3
         shape = f"{B}x{m}x{n} fp32"
         prev = torch.backends.cuda.matmul.allow_tf32
@@ -71,12 +71,12 @@ def bench_gram(bw: float, shapes=((256, 576, 64), (1024, 256, 32))) -> list[dict
     return rows
 
 
-def bench_ns_step(n: int = 4096) -> list[dict]:
+def bench_ns_step(n: int = 4096, device: str = "cuda") -> list[dict]:
     from orthokern._triton_backend import kernels
 
     tk = kernels()
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = (torch.randn(1, n, n, device="cuda") / math.sqrt(n)).bfloat16()
+    X = (torch.randn(1, n, n, device=device) / math.sqrt(n)).bfloat16()
 
     def torch_step():
         A = X.mT @ X
@@ -90,13 +90,13 @@ def bench_ns_step(n: int = 4096) -> list[dict]:
     return rows
 
 
-def bench_polar_fast(n: int = 4096, accuracy: bool = True) -> list[dict]:
+def bench_polar_fast(n: int = 4096, accuracy: bool = True, device: str = "cuda") -> list[dict]:
     import orthokern
     from orthokern.testing import accuracy as acc_of
     from orthokern.testing import random_matrix
     from torch.optim._muon import _zeropower_via_newtonschulz
 
-    G = random_matrix(1, n, n, "decaying", dtype=torch.bfloat16, device="cuda", seed=0)
+    G = random_matrix(1, n, n, "decaying", dtype=torch.bfloat16, device=device, seed=0)
     cands = {
         "orthokern NS fast (triton)": lambda: orthokern.polar(G, method="newton_schulz", mode="fast", backend="triton"),
         "orthokern NS fast (torch)": lambda: orthokern.polar(G, method="newton_schulz", mode="fast", backend="torch"),
