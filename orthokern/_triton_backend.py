@@ -87,6 +87,23 @@ def _ops():
     return torch.ops.orthokern
 
 
+# orthokern._C's one-program-per-matrix Jacobi eigensolver (csrc/cuda/jacobi.cuh: kMaxSmallN) beats torch's
+# batched eigh by a wide margin for small n; above this size, or without the extension, torch's eigh is used.
+_EIGH_SMALL_MAX_N = 64
+
+
+def _has_eigh_small() -> bool:
+    if _backends.cuda_ops_built() is not None:
+        return False
+    return hasattr(torch.ops.orthokern, "eigh_small")
+
+
+def _eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if A.is_cuda and A.shape[-1] <= _EIGH_SMALL_MAX_N and _has_eigh_small():
+        return torch.ops.orthokern.eigh_small(A)
+    return torch.linalg.eigh(A)
+
+
 def _pow2_scale(norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(exponent e, 2^-e as float32) with norm = mantissa * 2^e, mantissa in [0.5, 1) as in ``prepare``.
 
@@ -99,7 +116,7 @@ def _pow2_scale(norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
-    """Triton Gram -> eigh of the n x n Gram (torch, float64 in accurate mode) -> Triton apply."""
+    """Triton Gram -> eigh of the n x n Gram (float64 in accurate mode; orthokern._C's eigh_small when built) -> Triton apply."""
     ops = _ops()
     work = torch.float64 if G.dtype == torch.float64 else torch.float32
     if mode == "accurate" or G.dtype == torch.float64:
@@ -121,7 +138,7 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) ->
         _, scale = _pow2_scale(torch.where(finite, norm, torch.zeros_like(norm)))
         A = ops.triton_sym_gram(G, scale, False, torch.float32, 0, False)
         A = torch.where(finite[:, None, None], A, torch.zeros((), dtype=A.dtype, device=A.device))
-    lam, W = torch.linalg.eigh(A)
+    lam, W = _eigh(A)
     keep = eigen_threshold(lam, rcond)
     inv_sqrt = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
     Mat = ((W * inv_sqrt[..., None, :]) @ W.mT).to(work)

@@ -67,6 +67,8 @@ def _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS,
         ri = ti * BLOCK_N + tl.arange(0, BLOCK_N)
         rj = tj * BLOCK_N + tl.arange(0, BLOCK_N)
         rk = tl.arange(0, BLOCK_K)
+        # Block-shaped (the interpreter rejects a scalar condition in masks and where).
+        diag = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.int32) + (ti == tj).to(tl.int32)
         # Split s owns rows [k0, k1); chunks are whole BLOCK_Ks so only the last block of G is ragged.
         chunk = tl.cdiv(tl.cdiv(M, SPLITS), BLOCK_K) * BLOCK_K
         k0 = pid_s * chunk
@@ -83,8 +85,10 @@ def _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS,
             kmask = rows[:, None] < k1
             gi = tl.load(base + rows[:, None] * stride_m + ri[None, :] * stride_n,
                          mask=kmask & (ri[None, :] < N), other=0.0)
+            # A diagonal tile needs one block of G, not two: the masked-off load issues no memory traffic.
             gj = tl.load(base + rows[:, None] * stride_m + rj[None, :] * stride_n,
-                         mask=kmask & (rj[None, :] < N), other=0.0)
+                         mask=kmask & (rj[None, :] < N) & (diag == 0), other=0.0)
+            gj = tl.where(diag != 0, gi, gj)
             if HAS_SCALE:
                 # A power of two: exact, and cast back so half inputs stay on the tensor cores.
                 gi = (gi * s).to(G.dtype.element_ty)
