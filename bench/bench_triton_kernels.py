@@ -11,7 +11,9 @@ Measures, in one run on one GPU:
 3. one Newton–Schulz step X <- a X + X (b A + c A^2) on 4096 x 4096 bfloat16: the fused Triton step against
    torch's three matmuls (the step Muon runs);
 4. the full fast-mode polar factor of a 4096 x 4096 bfloat16 matrix: orthokern (backend triton and torch)
-   against torch.optim.Muon's 5-step Newton–Schulz, with E of each (float64 SVD reference on the CPU).
+   against torch.optim.Muon's 5-step Newton–Schulz, with E of each (float64 SVD reference on the CPU);
+5. the accurate polar factor of 8 x 4608 x 512 float32: Newton–Schulz on the X side and on the Gram side
+   (the GRAM_SIDE_RATIO choice) against gram_eigh, Triton and torch.
 
 ``run()`` returns the rows as dicts, so the project's bench command can call it; ``main()`` prints a table.
 """
@@ -113,6 +115,30 @@ def bench_polar_fast(n: int = 4096, accuracy: bool = True, device: str = "cuda")
     return rows
 
 
+def bench_polar_accurate_tall(shape=(8, 4608, 512), accuracy: bool = True, device: str = "cuda") -> list[dict]:
+    """Accurate polar of a tall batch: Newton–Schulz on the X side vs the Gram side vs gram_eigh (float32)."""
+    import orthokern
+    from orthokern._triton_backend import polar_newton_schulz
+    from orthokern.testing import accuracy as acc_of
+    from orthokern.testing import random_matrix
+
+    B, m, n = shape
+    G = random_matrix(B, m, n, "decaying", device=device, seed=1)
+    cands = {
+        "triton NS tall side": lambda: polar_newton_schulz(G, mode="accurate", rcond=1e-3, side="tall"),
+        "triton NS gram side": lambda: polar_newton_schulz(G, mode="accurate", rcond=1e-3, side="gram"),
+        "triton gram_eigh": lambda: orthokern.polar(G, method="gram_eigh", backend="triton"),
+        "torch NS": lambda: orthokern.polar(G, method="newton_schulz", backend="torch"),
+        "torch gram_eigh": lambda: orthokern.polar(G, method="gram_eigh", backend="torch"),
+    }
+    rows = []
+    for name, fn in cands.items():
+        ms = _bench(fn, warmup=3, rep=30)
+        extra = {"E": acc_of(G[:2], fn()[:2]).E} if accuracy else {}
+        rows.append(_row("polar_accurate", f"{B}x{m}x{n} fp32", name, ms, **extra))
+    return rows
+
+
 def run(quick: bool = False, accuracy: bool = True) -> list[dict]:
     if not torch.cuda.is_available():
         raise RuntimeError("bench_triton_kernels: needs a CUDA GPU")
@@ -121,6 +147,7 @@ def run(quick: bool = False, accuracy: bool = True) -> list[dict]:
     rows += bench_gram(bw)
     rows += bench_ns_step(1024 if quick else 4096)
     rows += bench_polar_fast(1024 if quick else 4096, accuracy=accuracy)
+    rows += bench_polar_accurate_tall((2, 1152, 128) if quick else (8, 4608, 512), accuracy=accuracy)
     return rows
 
 

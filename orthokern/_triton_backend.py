@@ -115,20 +115,41 @@ def _pow2_scale(norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return e, torch.ldexp(torch.ones_like(norm, dtype=torch.float32), -e.to(torch.float32))
 
 
+def _scaled_gram64(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(A, finite, scale): the float64 Gram of (scale G), the finite mask, the power-of-two scale (B,).
+
+    The kernel forms the float64 Gram of the raw G: products of float32 values are exact in float64 and the
+    range of float64 holds the square of any float32/bfloat16/float16, so no pre-scaling pass over G is
+    needed. The reference's power-of-two scale comes from the trace (= ||G||_F^2) instead, and an Inf or NaN
+    in G always reaches the diagonal, so a non-finite Gram flags exactly the non-finite inputs (whose A is
+    zeroed, as ``prepare`` zeroes them).
+    """
+    A = _ops().triton_sym_gram(G, None, True, torch.float64, 0, False)
+    finite = torch.isfinite(A).all(dim=(-2, -1))
+    A = torch.where(finite[:, None, None], A, torch.zeros((), dtype=A.dtype, device=A.device))
+    e, scale = _pow2_scale(torch.diagonal(A, dim1=-2, dim2=-1).sum(-1).sqrt())
+    return torch.ldexp(A, (-2 * e)[:, None, None].to(A.dtype)), finite, scale
+
+
+def _apply_or_nan(G: torch.Tensor, Mat: torch.Tensor, finite: torch.Tensor, scale: torch.Tensor,
+                  work: torch.dtype) -> torch.Tensor:
+    """(scale G) @ Mat in G's dtype, NaN for the non-finite inputs.
+
+    A NaN small matrix turns the whole product NaN (0 * NaN = NaN): the reference's "non-finite input ->
+    NaN result" without a pass over the output.
+    """
+    Mat = torch.where(finite[:, None, None], Mat.to(work), torch.full((), float("nan"), dtype=work, device=Mat.device))
+    return _ops().triton_apply(G, Mat, scale, 0.0, 1.0, G.dtype, False)
+
+
+def _work_dtype(G: torch.Tensor) -> torch.dtype:
+    return torch.float64 if G.dtype == torch.float64 else torch.float32
+
+
 def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
     """Triton Gram -> eigh of the n x n Gram (float64 in accurate mode; orthokern._C's eigh_small when built) -> Triton apply."""
-    ops = _ops()
-    work = torch.float64 if G.dtype == torch.float64 else torch.float32
     if mode == "accurate" or G.dtype == torch.float64:
-        # The float64 Gram of the raw G: products of float32 values are exact in float64 and the range of
-        # float64 holds the square of any float32/bfloat16/float16, so no pre-scaling pass over G is needed.
-        # The power-of-two scale of the reference comes from the trace (= ||G||_F^2) instead, and an Inf or
-        # NaN in G always reaches the diagonal, so a non-finite Gram flags exactly the non-finite inputs.
-        A = ops.triton_sym_gram(G, None, True, torch.float64, 0, False)
-        finite = torch.isfinite(A).all(dim=(-2, -1))
-        A = torch.where(finite[:, None, None], A, torch.zeros((), dtype=A.dtype, device=A.device))
-        e, scale = _pow2_scale(torch.diagonal(A, dim1=-2, dim2=-1).sum(-1).sqrt())
-        A = torch.ldexp(A, (-2 * e)[:, None, None].to(A.dtype))
+        A, finite, scale = _scaled_gram64(G)
     else:
         # Fast mode: a float32 Gram (as the reference's fast mode), which needs G scaled first or it could
         # overflow / underflow; one norm pass (accumulated in float64, so it cannot overflow) gives the scale,
@@ -136,16 +157,12 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) ->
         norm = torch.linalg.vector_norm(G, dim=(-2, -1), dtype=torch.float64)
         finite = torch.isfinite(norm)
         _, scale = _pow2_scale(torch.where(finite, norm, torch.zeros_like(norm)))
-        A = ops.triton_sym_gram(G, scale, False, torch.float32, 0, False)
+        A = _ops().triton_sym_gram(G, scale, False, torch.float32, 0, False)
         A = torch.where(finite[:, None, None], A, torch.zeros((), dtype=A.dtype, device=A.device))
     lam, W = _eigh(A)
     keep = eigen_threshold(lam, rcond)
     inv_sqrt = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
-    Mat = ((W * inv_sqrt[..., None, :]) @ W.mT).to(work)
-    # NaN in the small matrix turns the whole product NaN (0 * NaN = NaN): the reference's "non-finite input
-    # -> NaN result" without a pass over the output.
-    Mat = torch.where(finite[:, None, None], Mat, torch.full((), float("nan"), dtype=work, device=Mat.device))
-    return ops.triton_apply(G, Mat, scale, 0.0, 1.0, G.dtype, False)
+    return _apply_or_nan(G, (W * inv_sqrt[..., None, :]) @ W.mT, finite, scale, _work_dtype(G))
 
 
 def _low_dtype(G: torch.Tensor, high: torch.dtype) -> torch.dtype:
@@ -153,8 +170,28 @@ def _low_dtype(G: torch.Tensor, high: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if G.device.type == "cuda" else high
 
 
-def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
-    """The reference's schedule and normalisation, each step three fused kernels (``ns_step``)."""
+# Accurate mode iterates on the n x n Gram side once m >= GRAM_SIDE_RATIO * n. Per step the tall iteration
+# costs ~3 m n^2 + n^3 multiply-adds in float32, the Gram-side one ~3.5 n^3 in float64 (plus one final
+# m n^2 apply); float64 runs at about the float32 FMA rate on H100/H200, so the crossover is near m = 4n and
+# 8 leaves a margin until bench/bench_triton_kernels.py has measured it.
+GRAM_SIDE_RATIO = 8
+
+
+def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
+                        side: Optional[str] = None) -> torch.Tensor:
+    """The reference's schedule and normalisation; ``side`` "tall" (X-side) or "gram" (default: by shape)."""
+    if side is None:
+        m, n = G.shape[-2], G.shape[-1]
+        side = "gram" if (mode == "accurate" and m >= GRAM_SIDE_RATIO * n) else "tall"
+    if side == "gram":
+        return _newton_schulz_gram_side(G, mode, rcond)
+    if side != "tall":
+        raise ValueError(f"newton_schulz: side must be None, 'tall' or 'gram', got {side!r}")
+    return _newton_schulz_tall(G, mode, rcond)
+
+
+def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tensor:
+    """Each step three fused kernels on X (m x n) (``ns_step``)."""
     ops = _ops()
     X, finite = prepare(G)
     n = X.shape[-1]
@@ -179,6 +216,42 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
         step = steps[i]
         X = k.ops.ns_step(X.to(dts[i]), step.a, step.b, step.c, out_dtype=dts[i + 1])
     return finish(X, finite, G.dtype)
+
+
+def _newton_schulz_gram_side(G: torch.Tensor, mode: str, rcond: float) -> torch.Tensor:
+    """The same polynomial steps carried out on the n x n Gram matrix, in float64, and one apply at the end.
+
+    With X_k = X_0 Q_k, every Q_k is a polynomial in A_0 = X_0^T X_0, so everything commutes:
+    with P_k = a I + b A_k + c A_k^2,  Q_{k+1} = Q_k P_k  and  A_{k+1} = X_{k+1}^T X_{k+1} = A_k P_k^2.
+    Only n x n products remain, then O = X_0 Q_K (one pass over G). Iterating on A squares the condition
+    number, so it runs in float64 (in float32 it measured ||O||_2 = 1.0009 at condition 316, 512 x 128,
+    outside the contract); the Gram comes from the float64-accumulating kernel.
+    """
+    ops = _ops()
+    A, finite, scale = _scaled_gram64(G)
+    n = A.shape[-1]
+    # The tolerance of the output dtype: more float64 steps would polish digits the apply rounds away.
+    steps = ns.schedule(mode, float(rcond), ns.n_bucket(n), 8 * torch.finfo(_work_dtype(G)).eps)
+    A2 = ops.triton_sym_poly(A, 0.0, 1.0, False)
+    t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
+    t = torch.where(t > 0, t, torch.ones_like(t))[:, None, None]
+    s0 = steps[0]
+    # X_0 = X / t: A_0 = A / t^2, and step 0's b A_0 + c A_0^2 from A and the A^2 already at hand.
+    C = (s0.b / (t * t)) * A + (s0.c / (t * t) ** 2) * A2
+    A = A / (t * t)
+    Q = torch.eye(n, dtype=A.dtype, device=A.device) / t  # Q_0 = I / t, then Q_1 = Q_0 P_0 below
+    for i, step in enumerate(steps):
+        if i > 0:
+            C = ops.triton_sym_poly(A, step.b, step.c, False)
+        Q = ops.triton_apply(Q, C, None, step.a, 1.0, A.dtype, False)  # Q P = a Q + Q C
+        if i + 1 < len(steps):
+            T = ops.triton_apply(A, C, None, step.a, 1.0, A.dtype, False)  # A P
+            A = ops.triton_apply(T, C, None, step.a, 1.0, A.dtype, False)  # A P P
+    # Q is applied in float64: the schedule multiplies directions below rcond by up to prod(a_k) ~ 1e4 (as
+    # the tall iteration does to them), so Q has entries ~1e4 there and a float32 apply would add rounding
+    # ~eps32 * 1e4 to every direction (measured: ||O||_2 = 1 + 1.3e-4 on a rank-deficient 136 x 16). The
+    # float64 apply runs at about the float32 (non-tensor-core) rate on H100/H200.
+    return _apply_or_nan(G, Q, finite, scale, torch.float64)
 
 
 register("gram_eigh", "triton", why_not=why_not)(polar_gram_eigh)

@@ -157,3 +157,32 @@ def test_kernels_package_imports_without_triton():
     assert r.returncode == 0, r.stderr
     assert "AVAILABLE False" in r.stdout and "ERR Triton is not installed" in r.stdout
     assert "WHY torch.Size([1, 6, 3])" in r.stdout
+
+
+@interp
+@pytest.mark.parametrize("kind", ["decaying", "rank_deficient", "gaussian"])
+def test_newton_schulz_gram_side_accurate(kind):
+    from orthokern._triton_backend import GRAM_SIDE_RATIO, polar_newton_schulz
+
+    G = random_matrix(2, GRAM_SIDE_RATIO * 16 + 5, 16, kind, device=DEVICE, seed=12)
+    O = _polar(G, "newton_schulz")  # tall enough: the default takes the Gram side in accurate mode
+    acc = accuracy(G, O)
+    assert acc.finite and acc.E <= E_BOUND[torch.float32] and acc.norm2 <= 1 + NORM_SLACK[torch.float32], acc
+    # Both sides run the same polynomial: they agree to float32 accuracy (the Gram side, in float64, better).
+    T = polar_newton_schulz(G, mode="accurate", rcond=1e-3, side="tall")
+    assert (O - T).abs().max() <= 1e-4
+
+
+@interp
+def test_newton_schulz_gram_side_fast_and_edge_cases():
+    from orthokern._triton_backend import polar_newton_schulz
+
+    G = random_matrix(3, 70, 16, "decaying", device=DEVICE, seed=13)
+    G[0, 1, 1] = float("nan")
+    G[1] = 0
+    O = polar_newton_schulz(G, mode="fast", rcond=1e-3, side="gram")
+    T = polar_newton_schulz(G, mode="fast", rcond=1e-3, side="tall")
+    assert O[0].isnan().all() and torch.equal(O[1], torch.zeros_like(O[1]))
+    assert (O[2] - T[2]).abs().max() <= 1e-4
+    with pytest.raises(ValueError, match="side must be"):
+        polar_newton_schulz(G, mode="fast", rcond=1e-3, side="wide")

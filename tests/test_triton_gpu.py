@@ -89,3 +89,13 @@ def test_ops_compile_with_inductor():
         return torch.ops.orthokern.triton_apply(G, A, None, 0.5, 1.0, torch.float32, False)
 
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(G), f(G))
+
+
+@pytest.mark.parametrize("side", ["tall", "gram"])
+def test_newton_schulz_both_sides_real_size(side):
+    from orthokern._triton_backend import polar_newton_schulz
+
+    G = random_matrix(8, 4608, 512, "decaying", device="cuda", seed=7)
+    O = polar_newton_schulz(G, mode="accurate", rcond=1e-3, side=side)
+    acc = accuracy(G[:2], O[:2])
+    assert acc.E <= E_BOUND[torch.float32] and acc.norm2 <= 1 + NORM_SLACK[torch.float32], acc
