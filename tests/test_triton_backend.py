@@ -16,7 +16,6 @@ from orthokern.testing import E_BOUND, NORM_SLACK, accuracy, random_matrix
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 interp = pytest.mark.triton_interpret
 
 
@@ -113,7 +112,8 @@ def test_wide_and_batched_shapes_follow_polar():
 
 def _run(code: str, env_extra: dict) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    # The child imports the same orthokern as this process (installed, or the checkout on PYTHONPATH).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env.update(env_extra)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
@@ -186,3 +186,12 @@ def test_newton_schulz_gram_side_fast_and_edge_cases():
     assert (O[2] - T[2]).abs().max() <= 1e-4
     with pytest.raises(ValueError, match="side must be"):
         polar_newton_schulz(G, mode="fast", rcond=1e-3, side="wide")
+
+
+@interp
+@pytest.mark.parametrize("shape", [(2, 5, 1), (1, 1, 7), (1, 3, 3)])
+def test_degenerate_shapes(shape):
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(14)).to(DEVICE)
+    for method in ("gram_eigh", "newton_schulz"):
+        O = _polar(G, method)
+        assert O.shape == G.shape and accuracy(G, O).E <= E_BOUND[torch.float32]

@@ -99,7 +99,7 @@ def apply(G: torch.Tensor, Mat: torch.Tensor, *, scale: Optional[torch.Tensor] =
     grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), B)  # noqa: E731
     launch(kernel)[grid](
         G, Mat, scale if scale is not None else Mat, out, m, n, G.stride(0), G.stride(1), G.stride(2),
-        float(alpha), float(beta), bucket(n), bucket(m), _DTYPE_KEY[Mat.dtype],
+        float(alpha), float(beta), bucket(n), bucket(m), 4 * _DTYPE_KEY[G.dtype] + _DTYPE_KEY[Mat.dtype],
         HAS_SCALE=scale is not None, HAS_RES=alpha != 0.0, ACC_F64=f64,
         PRECISION=dot_precision(Mat.dtype, allow_tf32),
     )
