@@ -147,7 +147,11 @@ def _work_dtype(G: torch.Tensor) -> torch.dtype:
 
 
 def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
-    """Triton Gram -> eigh of the n x n Gram (float64 in accurate mode; orthokern._C's eigh_small when built) -> Triton apply."""
+    """Triton Gram -> eigh of the n x n Gram -> Triton apply.
+
+    The eigensolver runs in float64 in accurate mode (float32 in fast mode, as the reference), through
+    orthokern._C's ``eigh_small`` on CUDA when it is built and n is small enough, else torch.linalg.eigh.
+    """
     if mode == "accurate" or G.dtype == torch.float64:
         A, finite, scale = _scaled_gram64(G)
     else:
