@@ -195,3 +195,31 @@ def test_degenerate_shapes(shape):
     for method in ("gram_eigh", "newton_schulz"):
         O = _polar(G, method)
         assert O.shape == G.shape and accuracy(G, O).E <= E_BOUND[torch.float32]
+
+
+def test_triton_op_path_traces_into_the_kernels():
+    """Without the interpreter the ops are triton_ops: AOT tracing must see the kernels (as on a GPU).
+
+    No kernel runs: the graph is only traced, so this checks on a CPU machine the plumbing that the GPU
+    path depends on (op bodies, wrap_triton, grids from the autotune configs, fake shapes).
+    """
+    pytest.importorskip("triton")
+    code = (
+        "import torch\n"
+        "from orthokern._triton_backend import kernels\n"
+        "kernels()\n"
+        "from torch._functorch.aot_autograd import aot_export_module\n"
+        "ops = torch.ops.orthokern\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, G, s):\n"
+        "        A = ops.triton_sym_gram(G, s, True, torch.float64, 2, False)\n"
+        "        C = ops.triton_sym_poly(A, 1.0, 2.0, False)\n"
+        "        return (ops.triton_apply(G, C, s, 1.0, 2.0, torch.float32, False),)\n"
+        "gm, _ = aot_export_module(M(), [torch.randn(4, 300, 48), torch.ones(4)], trace_joint=False)\n"
+        "print('HOPS', gm.code.count('triton_kernel_wrapper_functional('))\n"
+        "print('OUT', [n.meta['val'].shape for n in gm.graph.output_node().args[0]][-1])\n"
+    )
+    r = _run(code, {})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "HOPS 4" in r.stdout, r.stdout  # gram partials, fixed-order reduction, polynomial, apply
+    assert "OUT torch.Size([4, 300, 48])" in r.stdout, r.stdout
