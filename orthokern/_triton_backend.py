@@ -20,9 +20,6 @@ from . import ns_schedule as ns
 from ._registry import register
 from .reference._common import eigen_threshold, finish, prepare
 
-# Grid axes 1 and 2 of a CUDA launch are limited to 65535; the kernels put the batch there.
-_MAX_BATCH = 65535
-
 
 def _load_kernels():
     """``orthokern.triton_kernels``; from the source tree when orthokern runs uninstalled (PYTHONPATH=repo).
@@ -73,8 +70,6 @@ def why_not(G: torch.Tensor) -> Optional[str]:
     reason = _backends.triton_why_not(G.device)
     if reason is not None:
         return reason
-    if G.dim() == 3 and G.shape[0] > _MAX_BATCH:
-        return f"batch {G.shape[0]} exceeds the Triton grid limit {_MAX_BATCH}"
     try:
         kernels()
     except RuntimeError as e:

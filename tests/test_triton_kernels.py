@@ -201,3 +201,21 @@ def test_ops_under_torch_compile(tk):
     # compiler; the GPU test compiles with Inductor.
     out = torch.compile(f, fullgraph=True, backend="aot_eager")(G)
     torch.testing.assert_close(out, f(G), rtol=0, atol=0)
+
+
+def test_long_batches_launch_in_slices(tk, monkeypatch):
+    # CUDA's 65535 limit on grid axes 1-2 shrunk to 2, so a batch of 5 takes three launches per kernel.
+    from orthokern.triton_kernels import _common
+
+    monkeypatch.setattr(_common, "MAX_GRID_YZ", 2)
+    G = _mat(5, 40, 20, seed=23)
+    scale = torch.tensor([0.5, 1.0, 2.0, 4.0, 0.25], device=DEVICE)
+    Gs = G.double() * scale.double()[:, None, None]
+    for splits in (1, 3):
+        A = tk.sym_gram(G, splits=splits, scale=scale)
+        assert bool(((A.double() - Gs.mT @ Gs).abs() <= _gram_bound(Gs, EPS[torch.float32])).all())
+    C = tk.sym_poly(A, 0.5, 1.5)
+    torch.testing.assert_close(C.double(), 0.5 * A.double() + 1.5 * A.double() @ A.double(), rtol=1e-5, atol=1e-5)
+    O = tk.apply(G, A, scale=scale, alpha=0.5)
+    ref = 0.5 * G.double() + Gs @ A.double()
+    torch.testing.assert_close(O.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())

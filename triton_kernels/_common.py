@@ -49,3 +49,20 @@ def tl_dtype(dtype: torch.dtype):
         torch.bfloat16: tl.bfloat16,
         torch.float16: tl.float16,
     }[dtype]
+
+
+# CUDA limits grid axes 1 and 2 to 65535; the kernels put the batch on one of them, so longer batches are
+# launched in slices of at most this many matrices (a module attribute so tests can shrink it).
+MAX_GRID_YZ = 65535
+
+
+def batch_chunks(B: int):
+    """(start, stop) slices of a batch of B matrices, each at most MAX_GRID_YZ long."""
+    step = MAX_GRID_YZ
+    return [(b0, min(b0 + step, B)) for b0 in range(0, B, step)]
+
+
+def rows(t, b0: int, b1: int):
+    """t[b0:b1], or t itself when that is all of it (a single launch then sees no view, so tracing through
+    wrap_triton records plain tensors as on a normal batch)."""
+    return t if (b0 == 0 and b1 == t.shape[0]) else t[b0:b1]

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from . import _configs
+from . import _common
 from ._common import bucket, dot_precision, sm_count
 from ._symmetric import store_symmetric
 
@@ -167,19 +168,21 @@ def sym_gram(G: torch.Tensor, *, scale: Optional[torch.Tensor] = None, acc_f64: 
     splits = int(splits) if splits else choose_splits(B, m, n, G.device)
     if splits < 1:
         raise ValueError(f"sym_gram: splits must be >= 0, got {splits}")
-    if B > 65535:
-        raise ValueError(f"sym_gram: batch {B} exceeds the grid limit 65535; split the batch")
     kernel = _gram_kernel_f64 if acc_f64 else _gram_kernel
     precision = dot_precision(G.dtype, allow_tf32) if not acc_f64 else "ieee"
     partial = splits > 1
-    target = torch.empty((B, splits, n, n), dtype=acc_dtype, device=G.device) if partial else out
-    grid = lambda META: (triton.cdiv(n, META["BLOCK_N"]) ** 2, splits, B)  # noqa: E731
-    launch(kernel)[grid](
-        G, scale if scale is not None else G, target, m, n, G.stride(0), G.stride(1), G.stride(2), splits,
-        bucket(n), bucket(m), _DTYPE_KEY[G.dtype],
-        HAS_SCALE=scale is not None, ACC_F64=acc_f64, PRECISION=precision, PARTIAL=partial,
-    )
-    if partial:
-        rgrid = lambda META: (triton.cdiv(n, META["BLOCK_N"]) ** 2, B)  # noqa: E731
-        launch(_reduce_splits_kernel)[rgrid](target, out, n, splits, bucket(n))
+    for b0, b1 in _common.batch_chunks(B):
+        nbat = b1 - b0
+        outc = _common.rows(out, b0, b1)
+        sc = _common.rows(scale, b0, b1) if scale is not None else G  # unused without HAS_SCALE
+        target = torch.empty((nbat, splits, n, n), dtype=acc_dtype, device=G.device) if partial else outc
+        grid = lambda META, nbat=nbat: (triton.cdiv(n, META["BLOCK_N"]) ** 2, splits, nbat)  # noqa: E731
+        launch(kernel)[grid](
+            _common.rows(G, b0, b1), sc, target, m, n, G.stride(0), G.stride(1), G.stride(2), splits,
+            bucket(n), bucket(m), _DTYPE_KEY[G.dtype],
+            HAS_SCALE=scale is not None, ACC_F64=acc_f64, PRECISION=precision, PARTIAL=partial,
+        )
+        if partial:
+            rgrid = lambda META, nbat=nbat: (triton.cdiv(n, META["BLOCK_N"]) ** 2, nbat)  # noqa: E731
+            launch(_reduce_splits_kernel)[rgrid](target, outc, n, splits, bucket(n))
     return out

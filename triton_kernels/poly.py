@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from . import _configs
+from . import _common
 from ._common import bucket, dot_precision
 from ._symmetric import store_symmetric
 
@@ -71,11 +72,10 @@ def sym_poly(A: torch.Tensor, b: float, c: float, *, allow_tf32: bool = False, l
     out = torch.empty_like(A)
     if B == 0 or n == 0:
         return out
-    if B > 65535:
-        raise ValueError(f"sym_poly: batch {B} exceeds the grid limit 65535; split the batch")
     f64 = A.dtype == torch.float64
     kernel = _sym_poly_kernel_f64 if f64 else _sym_poly_kernel
-    grid = lambda META: (triton.cdiv(n, META["BLOCK_N"]) ** 2, B)  # noqa: E731
-    launch(kernel)[grid](A, out, n, float(b), float(c), bucket(n), _DTYPE_KEY[A.dtype], ACC_F64=f64,
-                         PRECISION=dot_precision(A.dtype, allow_tf32))
+    for b0, b1 in _common.batch_chunks(B):
+        grid = lambda META, nbat=b1 - b0: (triton.cdiv(n, META["BLOCK_N"]) ** 2, nbat)  # noqa: E731
+        launch(kernel)[grid](_common.rows(A, b0, b1), _common.rows(out, b0, b1), n, float(b), float(c), bucket(n),
+                             _DTYPE_KEY[A.dtype], ACC_F64=f64, PRECISION=dot_precision(A.dtype, allow_tf32))
     return out

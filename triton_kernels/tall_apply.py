@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from . import _configs
+from . import _common
 from ._common import bucket, dot_precision
 
 
@@ -88,19 +89,21 @@ def apply(G: torch.Tensor, Mat: torch.Tensor, *, scale: Optional[torch.Tensor] =
     out = torch.empty((B, m, n), dtype=out_dtype or G.dtype, device=G.device)
     if out.numel() == 0:
         return out
-    if B > 65535:
-        raise ValueError(f"apply: batch {B} exceeds the grid limit 65535; split the batch")
     if scale is not None:
         if scale.shape != (B,):
             raise ValueError(f"apply: scale must have shape ({B},), got {tuple(scale.shape)}")
         scale = scale.to(torch.float32).contiguous()
     f64 = Mat.dtype == torch.float64
     kernel = _apply_kernel_f64 if f64 else _apply_kernel
-    grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), B)  # noqa: E731
-    launch(kernel)[grid](
-        G, Mat, scale if scale is not None else Mat, out, m, n, G.stride(0), G.stride(1), G.stride(2),
-        float(alpha), float(beta), bucket(n), bucket(m), 4 * _DTYPE_KEY[G.dtype] + _DTYPE_KEY[Mat.dtype],
-        HAS_SCALE=scale is not None, HAS_RES=alpha != 0.0, ACC_F64=f64,
-        PRECISION=dot_precision(Mat.dtype, allow_tf32),
-    )
+    for b0, b1 in _common.batch_chunks(B):
+        grid = lambda META, nbat=b1 - b0: (  # noqa: E731
+            triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), nbat)
+        sc = _common.rows(scale, b0, b1) if scale is not None else Mat  # unused without HAS_SCALE
+        launch(kernel)[grid](
+            _common.rows(G, b0, b1), _common.rows(Mat, b0, b1), sc, _common.rows(out, b0, b1), m, n,
+            G.stride(0), G.stride(1), G.stride(2), float(alpha), float(beta), bucket(n), bucket(m),
+            4 * _DTYPE_KEY[G.dtype] + _DTYPE_KEY[Mat.dtype],
+            HAS_SCALE=scale is not None, HAS_RES=alpha != 0.0, ACC_F64=f64,
+            PRECISION=dot_precision(Mat.dtype, allow_tf32),
+        )
     return out
