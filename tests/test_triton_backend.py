@@ -223,3 +223,20 @@ def test_triton_op_path_traces_into_the_kernels():
     assert r.returncode == 0, r.stderr[-3000:]
     assert "HOPS 4" in r.stdout, r.stdout  # gram partials, fixed-order reduction, polynomial, apply
     assert "OUT torch.Size([4, 300, 48])" in r.stdout, r.stdout
+
+
+@interp
+def test_newton_schulz_fast_low_precision_steps(monkeypatch):
+    """The GPU fast path (steps stored and multiplied in half precision) with float16 standing in for
+    bfloat16, which the interpreter cannot compute: same plumbing, a dtype the interpreter has."""
+    import orthokern._triton_backend as tb
+    import orthokern.reference.newton_schulz as ref
+
+    monkeypatch.setattr(tb, "_low_dtype", lambda G, high: torch.float16)
+    monkeypatch.setattr(ref, "_low_dtype", lambda G: torch.float16)
+    G = random_matrix(2, 64, 32, "decaying", device=DEVICE, seed=2)
+    O = _polar(G, "newton_schulz", mode="fast")
+    R = orthokern.polar(G, method="newton_schulz", mode="fast", backend="torch")
+    e, e_ref = accuracy(G, O).E, accuracy(G, R).E
+    assert O.dtype == torch.float32 and e <= 1.2 * e_ref, (e, e_ref)
+    assert (O - R).abs().max() <= 2e-2  # half-precision steps: agreement to their rounding
