@@ -41,6 +41,7 @@ def poly_configs(f64: bool) -> list[triton.Config]:
     if f64:
         return [_c(4, 2, BLOCK_N=32, BLOCK_K=32), _c(8, 2, BLOCK_N=64, BLOCK_K=16)]
     return [
+        _c(4, 4, BLOCK_N=32, BLOCK_K=64),  # small n (the tall iteration's A is n x n with n often <= 64)
         _c(4, 4, BLOCK_N=64, BLOCK_K=64),
         _c(8, 3, BLOCK_N=128, BLOCK_K=64),
         _c(8, 4, BLOCK_N=128, BLOCK_K=32),
