@@ -26,9 +26,7 @@ def prepare(G: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Te
     X = G.to(dtype)
     finite = torch.isfinite(X).all(dim=(-2, -1))
     X = torch.where(finite[:, None, None], X, torch.zeros((), dtype=dtype, device=X.device))
-    # Accumulated in float64: in float32 the sum of squares underflows to 0 for ||G|| < ~1e-19 (no scaling,
-    # then every product underflows) and overflows to Inf for ||G|| > ~1e19.
-    norm = torch.linalg.vector_norm(X, dim=(-2, -1), dtype=torch.float64)
+    norm = torch.linalg.matrix_norm(X)
     # frexp gives norm = mantissa * 2**exp with mantissa in [0.5, 1); a zero norm gives exp 0, so zero
     # matrices keep scale 1 and stay zero.
     _, exp = torch.frexp(norm)
