@@ -131,9 +131,16 @@ _DTYPE_KEY = {torch.float64: 0, torch.float32: 1, torch.bfloat16: 2, torch.float
 
 
 def choose_splits(B: int, m: int, n: int, device: torch.device) -> int:
-    """Row splits so that about two waves of programs fill the GPU; 1 when the batch already does."""
+    """Row splits when the tiles alone leave SMs idle (about two programs per SM then); else 1.
+
+    Splitting costs a (B, splits, n, n) round trip through memory, so a batch that already gives every SM a
+    tile (256 x 576 x 64: 256 tiles on 132 SMs) is not split.
+    """
+    sms = sm_count(device)
     tiles = B * (-(-n // 64)) * (-(-n // 64) + 1) // 2
-    want = -(-2 * sm_count(device) // max(tiles, 1))
+    if tiles >= sms:
+        return 1
+    want = -(-2 * sms // max(tiles, 1))
     # Each split should still stream >= 256 rows, or the partial tiles cost more than they save.
     return int(max(1, min(want, m // 256, 64)))
 
