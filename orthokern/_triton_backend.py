@@ -1,9 +1,10 @@
 """Registers the Triton kernels of ``orthokern.triton_kernels`` as backend "triton" of gram_eigh and newton_schulz.
 
-Both follow the pure-torch reference (``orthokern/reference``) step for step; only the matmul-shaped work moves
-to the kernels (through the ops ``torch.ops.orthokern.triton_*``), so the numerics, the scaling, zero -> zero
-and NaN in -> NaN out are the reference's. Nothing here synchronises with the device. Triton is imported only
-when a Triton implementation is actually asked for on a device it can run on.
+Both follow the pure-torch reference (``orthokern/reference``): only the matmul-shaped work moves to the kernels
+(through the ops ``torch.ops.orthokern.triton_*``), with the reference's scaling, zero -> zero, NaN in -> NaN
+out and output dtype. One deliberate difference: accurate-mode newton_schulz on tall matrices (m >= 8n)
+iterates on the n x n Gram side in float64 (see ``_newton_schulz_gram_side``). Nothing here synchronises with
+the device. Triton is imported only when a Triton implementation is asked for on a device it can run on.
 """
 from __future__ import annotations
 
@@ -82,8 +83,9 @@ def _ops():
     return torch.ops.orthokern
 
 
-# orthokern._C's one-program-per-matrix Jacobi eigensolver (csrc/cuda/jacobi.cuh: kMaxSmallN) beats torch's
-# batched eigh by a wide margin for small n; above this size, or without the extension, torch's eigh is used.
+# orthokern._C's one-program-per-matrix Jacobi eigensolver (csrc/cuda/jacobi.cuh: kMaxSmallN = 64), written
+# for exactly these small batched eigenproblems where torch's batched eigh is slow (design notes, section 2);
+# above that size, or without the extension, torch.linalg.eigh.
 _EIGH_SMALL_MAX_N = 64
 
 
@@ -187,8 +189,9 @@ def _low_dtype(G: torch.Tensor, high: torch.dtype) -> torch.dtype:
 
 # Accurate mode iterates on the n x n Gram side once m >= GRAM_SIDE_RATIO * n. Per step the tall iteration
 # costs ~3 m n^2 + n^3 multiply-adds in float32, the Gram-side one ~3.5 n^3 in float64 (plus one final
-# m n^2 apply); float64 runs at about the float32 FMA rate on H100/H200, so the crossover is near m = 4n and
-# 8 leaves a margin until bench/bench_triton_kernels.py has measured it.
+# m n^2 apply); on H100/H200 spec sheets float64 (tensor core) and float32 (CUDA core, which full-precision
+# float32 products use) peak at about the same rate, so the crossover is near m = 4n. 8 leaves a margin:
+# not measured yet (bench/bench_triton_kernels.py times both sides on 8 x 4608 x 512).
 GRAM_SIDE_RATIO = 8
 
 
