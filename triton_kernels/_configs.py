@@ -1,4 +1,5 @@
-"""Autotuning configurations: a few per kernel, sane on Hopper (H100/H200), one tiny one under the interpreter.
+"""Autotuning configurations: a few per kernel chosen for Hopper (H100/H200; not yet run on one), one tiny one
+under the interpreter.
 
 Keys are power-of-two shape buckets (see ``_common.bucket``) so that a training run, whose shapes repeat every
 step, tunes once per bucket and never again. Under ``TRITON_INTERPRET=1`` a single small config avoids the
