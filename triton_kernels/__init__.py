@@ -1,1 +1,24 @@
-"""Triton kernels of orthokern (installed as ``orthokern.triton_kernels``)."""
+"""Triton kernels of orthokern (installed as ``orthokern.triton_kernels``).
+
+* :func:`sym_gram` — batched symmetric Gram G^T G, one triangle, deterministic split-K, fp32 or fp64 accumulation;
+* :func:`sym_poly` — b A + c A^2 of symmetric A (the Newton–Schulz polynomial, epilogue-fused);
+* :func:`apply` — alpha G + beta s_b G @ M for tall-skinny G (final multiply of gram_eigh, last product of a
+  Newton–Schulz step);
+* :func:`ns_step` — one fused Newton–Schulz step X <- a X + X (b A + c A^2), A = X^T X (tall orientation).
+
+Importing this package never fails: without Triton, ``AVAILABLE`` is False and ``IMPORT_ERROR`` says why.
+"""
+try:
+    import triton  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised only where Triton is absent
+    AVAILABLE = False
+    IMPORT_ERROR = f"Triton is not installed ({e})"
+else:
+    AVAILABLE = True
+    IMPORT_ERROR = None
+    from .tall_apply import apply
+    from .gram import choose_splits, sym_gram
+    from .newton_schulz import ns_step
+    from .poly import sym_poly
+
+    __all__ = ["apply", "sym_gram", "sym_poly", "ns_step", "choose_splits"]

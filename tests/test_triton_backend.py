@@ -1,0 +1,242 @@
+"""``orthokern.polar(..., backend="triton")``: the accuracy contract and the reference's edge-case semantics.
+
+Interpreter-friendly sizes (run with ``TRITON_INTERPRET=1``); the real sizes are in test_triton_gpu.py.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import orthokern
+from orthokern.testing import E_BOUND, NORM_SLACK, accuracy, random_matrix
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
+interp = pytest.mark.triton_interpret
+
+
+def _polar(G, method, **kw):
+    return orthokern.polar(G, method=method, backend="triton", **kw)
+
+
+@interp
+@pytest.mark.parametrize("kind", ["decaying", "decay2", "rank_deficient", "gaussian"])
+@pytest.mark.parametrize("B,m,n", [(3, 40, 21), (1, 17, 17)])
+def test_gram_eigh_accurate_contract_float32(kind, B, m, n):
+    G = random_matrix(B, m, n, kind, device=DEVICE, seed=B + m + n)
+    O = _polar(G, "gram_eigh")
+    assert O.dtype == G.dtype and O.shape == G.shape
+    acc = accuracy(G, O)
+    assert acc.finite and acc.E <= E_BOUND[torch.float32], acc
+    assert acc.norm2 <= 1 + NORM_SLACK[torch.float32], acc
+
+
+@interp
+@pytest.mark.parametrize("kind", ["decaying", "rank_deficient"])
+def test_gram_eigh_fast_matches_torch_fast(kind):
+    G = random_matrix(2, 36, 20, kind, device=DEVICE, seed=3)
+    O = _polar(G, "gram_eigh", mode="fast")
+    R = orthokern.polar(G, method="gram_eigh", mode="fast", backend="torch")
+    # Both float32 Gram + eigh: equal up to the float32 eigenvector rounding, and within the contract.
+    assert accuracy(G, O).E <= E_BOUND[torch.float32]
+    assert (O - R).abs().max() <= 5e-3
+
+
+@interp
+def test_gram_eigh_float64_and_float16():
+    G = random_matrix(2, 30, 18, "decaying", dtype=torch.float64, device=DEVICE, seed=8)
+    acc = accuracy(G, _polar(G, "gram_eigh"))
+    assert acc.E <= E_BOUND[torch.float64] and acc.norm2 <= 1 + NORM_SLACK[torch.float64], acc
+    Gh = random_matrix(2, 30, 18, "decaying", dtype=torch.float16, device=DEVICE, seed=9)
+    Oh = _polar(Gh, "gram_eigh")
+    assert Oh.dtype == torch.float16
+    acc = accuracy(Gh, Oh)
+    assert acc.E <= E_BOUND[torch.float16] and acc.norm2 <= 1 + NORM_SLACK[torch.float16], acc
+
+
+@interp
+@pytest.mark.parametrize("kind", ["decaying", "rank_deficient"])
+def test_newton_schulz_accurate_contract_float32(kind):
+    G = random_matrix(2, 29, 16, kind, device=DEVICE, seed=4)
+    O = _polar(G, "newton_schulz")
+    acc = accuracy(G, O)
+    assert acc.finite and acc.E <= E_BOUND[torch.float32], acc
+    assert acc.norm2 <= 1 + NORM_SLACK[torch.float32], acc
+
+
+@interp
+def test_newton_schulz_fast_matches_torch_and_beats_muon():
+    G = random_matrix(2, 40, 16, "decaying", device=DEVICE, seed=5)
+    O = _polar(G, "newton_schulz", mode="fast")
+    R = orthokern.polar(G, method="newton_schulz", mode="fast", backend="torch")
+    assert (O - R).abs().max() <= 1e-4  # same schedule, same dtype on CPU: only summation order differs
+    # Muon's NS5 (quintic 3.4445, -4.7750, 2.0315 on X / ||X||_F) on the same input, in float32.
+    X = G / torch.linalg.matrix_norm(G)[:, None, None]
+    for _ in range(5):
+        A = X.mT @ X
+        X = 3.4445 * X + X @ (-4.7750 * A + 2.0315 * A @ A)
+    assert accuracy(G, O).E <= accuracy(G, X).E
+
+
+@interp
+@pytest.mark.parametrize("method", ["gram_eigh", "newton_schulz"])
+@pytest.mark.parametrize("mode", ["accurate", "fast"])
+def test_zero_nonfinite_and_extreme_scales(method, mode):
+    G = random_matrix(4, 24, 16, "decaying", device=DEVICE, seed=6)
+    G[0, 3, 5] = float("nan")
+    G[1, 0, 0] = float("inf")
+    G[2] = 0
+    G[3] *= 1e30  # the float32 Gram of the raw matrix would overflow; the kernels must scale
+    O = _polar(G, method, mode=mode)
+    assert O[0].isnan().all() and O[1].isnan().all()
+    assert torch.equal(O[2], torch.zeros_like(O[2]))
+    assert accuracy(G[3:] / 1e30, O[3:]).E <= (E_BOUND[torch.float32] if mode == "accurate" else 0.3)
+    tiny = random_matrix(1, 24, 16, "decaying", device=DEVICE, seed=7) * 1e-30
+    assert accuracy(tiny * 1e30, _polar(tiny, method, mode=mode)).E <= (
+        E_BOUND[torch.float32] if mode == "accurate" else 0.3
+    )
+
+
+@interp
+def test_wide_and_batched_shapes_follow_polar():
+    G = random_matrix((2, 2), 15, 26, "well", device=DEVICE, seed=10)  # wide, two batch dims
+    for method in ("gram_eigh", "newton_schulz"):
+        O = _polar(G, method)
+        assert O.shape == G.shape
+        assert accuracy(G, O).E <= E_BOUND[torch.float32]
+
+
+def _run(code: str, env_extra: dict) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # The child imports the same orthokern as this process (installed, or the checkout on PYTHONPATH).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cpu_tensor_without_interpreter_gives_a_clear_reason():
+    code = (
+        "import torch, orthokern\n"
+        "G = torch.randn(2, 8, 4)\n"
+        "try:\n"
+        "    orthokern.polar(G, method='gram_eigh', backend='triton')\n"
+        "except RuntimeError as e:\n"
+        "    print('ERR', e)\n"
+        "print('AUTO', orthokern.polar(G, method='gram_eigh').shape)\n"
+    )
+    r = _run(code, {})
+    assert r.returncode == 0, r.stderr
+    assert "ERR" in r.stdout and "CUDA tensor" in r.stdout and "TRITON_INTERPRET" in r.stdout
+    assert "AUTO torch.Size([2, 8, 4])" in r.stdout
+
+
+def test_kernels_package_imports_without_triton():
+    # A meta-path blocker makes `import triton` fail as it would where Triton is not installed.
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'triton' or name.startswith('triton.'):\n"
+        "            raise ImportError('blocked for the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import torch, orthokern\n"
+        "from orthokern import _triton_backend as tb\n"
+        "mod = tb._load_kernels()\n"
+        "print('AVAILABLE', mod.AVAILABLE)\n"
+        "print('WHY', orthokern.polar(torch.randn(1, 6, 3), method='newton_schulz').shape)\n"
+        "try:\n"
+        "    tb.kernels()\n"
+        "except RuntimeError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    r = _run(code, {"TRITON_INTERPRET": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "AVAILABLE False" in r.stdout and "ERR Triton is not installed" in r.stdout
+    assert "WHY torch.Size([1, 6, 3])" in r.stdout
+
+
+@interp
+@pytest.mark.parametrize("kind", ["decaying", "rank_deficient"])
+def test_newton_schulz_gram_side_accurate(kind):
+    from orthokern._triton_backend import GRAM_SIDE_RATIO, polar_newton_schulz
+
+    G = random_matrix(2, GRAM_SIDE_RATIO * 16 + 5, 16, kind, device=DEVICE, seed=12)
+    O = _polar(G, "newton_schulz")  # tall enough: the default takes the Gram side in accurate mode
+    acc = accuracy(G, O)
+    assert acc.finite and acc.E <= E_BOUND[torch.float32] and acc.norm2 <= 1 + NORM_SLACK[torch.float32], acc
+    # Both sides run the same polynomial: they agree to float32 accuracy (the Gram side, in float64, better).
+    T = polar_newton_schulz(G, mode="accurate", rcond=1e-3, side="tall")
+    assert (O - T).abs().max() <= 1e-4
+
+
+@interp
+def test_newton_schulz_gram_side_fast_and_edge_cases():
+    from orthokern._triton_backend import polar_newton_schulz
+
+    G = random_matrix(3, 70, 16, "decaying", device=DEVICE, seed=13)
+    G[0, 1, 1] = float("nan")
+    G[1] = 0
+    O = polar_newton_schulz(G, mode="fast", rcond=1e-3, side="gram")
+    T = polar_newton_schulz(G, mode="fast", rcond=1e-3, side="tall")
+    assert O[0].isnan().all() and torch.equal(O[1], torch.zeros_like(O[1]))
+    assert (O[2] - T[2]).abs().max() <= 1e-4
+    with pytest.raises(ValueError, match="side must be"):
+        polar_newton_schulz(G, mode="fast", rcond=1e-3, side="wide")
+
+
+@interp
+@pytest.mark.parametrize("shape", [(2, 5, 1), (1, 1, 7), (1, 3, 3)])
+def test_degenerate_shapes(shape):
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(14)).to(DEVICE)
+    for method in ("gram_eigh", "newton_schulz"):
+        O = _polar(G, method)
+        assert O.shape == G.shape and accuracy(G, O).E <= E_BOUND[torch.float32]
+
+
+def test_triton_op_path_traces_into_the_kernels():
+    """Without the interpreter the ops are triton_ops: AOT tracing must see the kernels (as on a GPU).
+
+    No kernel runs: the graph is only traced, so this checks on a CPU machine the plumbing that the GPU
+    path depends on (op bodies, wrap_triton, grids from the autotune configs, fake shapes).
+    """
+    pytest.importorskip("triton")
+    code = (
+        "import torch\n"
+        "from orthokern._triton_backend import kernels\n"
+        "kernels()\n"
+        "from torch._functorch.aot_autograd import aot_export_module\n"
+        "ops = torch.ops.orthokern\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, G, s):\n"
+        "        A = ops.triton_sym_gram(G, s, True, torch.float64, 2, False)\n"
+        "        C = ops.triton_sym_poly(A, 1.0, 2.0, False)\n"
+        "        return (ops.triton_apply(G, C, s, 1.0, 2.0, torch.float32, False),)\n"
+        "gm, _ = aot_export_module(M(), [torch.randn(4, 300, 48), torch.ones(4)], trace_joint=False)\n"
+        "print('HOPS', gm.code.count('triton_kernel_wrapper_functional('))\n"
+        "print('OUT', [n.meta['val'].shape for n in gm.graph.output_node().args[0]][-1])\n"
+    )
+    r = _run(code, {})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "HOPS 4" in r.stdout, r.stdout  # gram partials, fixed-order reduction, polynomial, apply
+    assert "OUT torch.Size([4, 300, 48])" in r.stdout, r.stdout
+
+
+@interp
+def test_newton_schulz_fast_low_precision_steps(monkeypatch):
+    """The GPU fast path (steps stored and multiplied in half precision) with float16 standing in for
+    bfloat16, which the interpreter cannot compute: same plumbing, a dtype the interpreter has."""
+    import orthokern._triton_backend as tb
+    import orthokern.reference.newton_schulz as ref
+
+    monkeypatch.setattr(tb, "_low_dtype", lambda G, high: torch.float16)
+    monkeypatch.setattr(ref, "_low_dtype", lambda G: torch.float16)
+    G = random_matrix(2, 64, 32, "decaying", device=DEVICE, seed=2)
+    O = _polar(G, "newton_schulz", mode="fast")
+    R = orthokern.polar(G, method="newton_schulz", mode="fast", backend="torch")
+    e, e_ref = accuracy(G, O).E, accuracy(G, R).E
+    assert O.dtype == torch.float32 and e <= 1.2 * e_ref, (e, e_ref)
+    assert (O - R).abs().max() <= 2e-2  # half-precision steps: agreement to their rounding
