@@ -136,17 +136,20 @@ def results_section(meta: dict, records, skipped, violations, rates: Optional[di
 
 def update_results_md(path: str, section: str) -> None:
     """Write ``section`` into the file at ``path``, replacing the same device type's section only."""
-    kind = re.match(r"<!-- BEGIN (\w+) -->", section).group(1)
+    kind = re.match(r"<!-- BEGIN ([\w-]+) -->", section).group(1)
     old = open(path).read() if os.path.exists(path) else ""
     sections = dict(_find_sections(old))
     sections[kind] = section
     if "gpu" not in sections:
         sections["gpu"] = _section("gpu", "## GPU\n\n" + GPU_PLACEHOLDER)
-    if "cpu" not in sections:
-        sections["cpu"] = _section("cpu", "## CPU\n\nNo CPU run recorded.")
+    if "train-gpu" not in sections:
+        sections["train-gpu"] = _section("train-gpu", "## Training step (GPU)\n\n" + GPU_PLACEHOLDER.replace(
+            "--suite all", "--suite train"))
+    order = ["gpu", "train-gpu", "cpu", "train-cpu"]
+    keys = [k for k in order if k in sections] + [k for k in sections if k not in order]
     with open(path, "w") as f:
-        f.write(_HEADER + "\n" + sections["gpu"] + "\n\n" + sections["cpu"] + "\n")
+        f.write(_HEADER + "\n" + "\n\n".join(sections[k] for k in keys) + "\n")
 
 
 def _find_sections(text: str) -> list[tuple[str, str]]:
-    return [(m.group(1), m.group(0)) for m in re.finditer(r"(?s)<!-- BEGIN (\w+) -->.*?<!-- END \1 -->", text)]
+    return [(m.group(1), m.group(0)) for m in re.finditer(r"(?s)<!-- BEGIN ([\w-]+) -->.*?<!-- END \1 -->", text)]
