@@ -106,3 +106,15 @@ def test_results_md_keeps_the_other_device_section(tmp_path):
     text = open(path).read()
     assert "again" in text and "quick" not in text and text.count("<!-- BEGIN cpu -->") == 1
     assert os.path.getsize(path) > 0
+
+
+def test_a_crashing_method_fails_the_run(tmp_path, capsys, monkeypatch):
+    good = _registry.resolve("cholqr2", "torch", torch.zeros(1, 4, 2))
+
+    def crash(G, *, mode, rcond):
+        raise torch.linalg.LinAlgError("factorisation failed")
+
+    monkeypatch.setitem(_registry._TABLE, ("cholqr2", "torch"), _registry.Impl("cholqr2", "torch", crash, good.why_not))
+    rc, stdout, stderr, out = _run(tmp_path, capsys, "--methods", "cholqr2,svd")
+    assert rc == 1
+    assert "cholqr2/torch/accurate" in stderr and "LinAlgError" in stderr

@@ -127,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rates = floor_mod.measure_rates(device)
         meta["floor_rates"] = rates.as_dict()
     t0 = time.perf_counter()
-    records, skipped = runner.run_cases(cases, entries, device=device, rates=rates, rounds=rounds,
+    records, skipped, errors = runner.run_cases(cases, entries, device=device, rates=rates, rounds=rounds,
                                         max_entry_s=max_entry, accuracy_matrices=args.accuracy_matrices,
                                         progress=not args.no_progress)
     meta["seconds"] = round(time.perf_counter() - t0, 1)
@@ -152,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     violations = [{"case": f"{r['suite']}/{r['shape']}/{r['dtype']}/{r['spectrum']}",
                    "entry": f"{r['method']}/{r['backend']}/{r['mode']}", "why": r["violation"]}
-                  for r in records if r["violation"]]
+                  for r in records if r["violation"]] + errors
     json_path = os.path.join(args.out, "results.json")
     report.write_json(json_path, meta, records, skipped, violations)
     png_path = os.path.join(args.out, "time_vs_error.png")

@@ -123,6 +123,12 @@ class _Progress:
             self.bar.close()
 
 
+def cannot_run(e: Exception) -> bool:
+    """True for orthokern's "this backend cannot run this here" errors (as opposed to a crash)."""
+    text = str(e)
+    return "cannot run" in text or "has no backend" in text or "no implementation" in text
+
+
 def run_cases(
     cases: Sequence[Case],
     entries: Sequence[Entry],
@@ -134,8 +140,9 @@ def run_cases(
     accuracy_matrices: int = 8,
     progress: bool = True,
 ) -> tuple[list[dict], list[dict]]:
-    """(records, skipped): one record per (case, entry) that ran, one skipped item per combination that cannot."""
-    records, skipped = [], []
+    """(records, skipped, errors): one record per (case, entry) that ran, one skipped item per combination
+    that cannot run here, one error per combination that raised anything else."""
+    records, skipped, errors = [], [], []
     bar = _Progress(len(cases) * len(entries), progress)
     try:
         for case in cases:
@@ -147,11 +154,14 @@ def run_cases(
                 bar.step(f"{case.shape} {case.dtype_name} {entry.label}")
                 try:
                     O = entry.fn(G)
-                except RuntimeError as e:
-                    if "cannot run" in str(e) or "has no backend" in str(e) or "no implementation" in str(e):
+                except Exception as e:  # noqa: BLE001 (any failure is reported, none ends the run)
+                    if isinstance(e, RuntimeError) and cannot_run(e):
                         skipped.append({"case": case.key, "entry": entry.label, "reason": str(e)})
-                        continue
-                    raise
+                    else:
+                        # A method that crashes is a failure, not a skip: it goes to the gate with the wrong answers.
+                        errors.append({"case": case.key, "entry": entry.label,
+                                       "why": f"raised {type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+                    continue
                 acc = ref.measure(O)
                 del O
                 t = time_fn(lambda: entry.fn(G), device=device, rounds=rounds, warmup=1, max_total_s=max_entry_s)
@@ -181,4 +191,4 @@ def run_cases(
             del G, ref
     finally:
         bar.close()
-    return records, skipped
+    return records, skipped, errors
