@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import orthokern
+from orthokern import testing
 from orthokern.bench import runner, suites
 
 
@@ -26,10 +27,14 @@ def pytest_addoption(parser):
     g.addoption("--bench-suite", default="all", help="comma-separated suites (resnet50, resnet18, tall, square, all)")
     g.addoption("--bench-spectra", default=None, help="comma-separated spectra, or 'all'")
     g.addoption("--bench-methods", default=None, help="comma-separated orthokern methods and peers")
+    g.addoption("--bench-threads", type=int, default=None,
+                help="torch CPU threads (1 gives steadier timings on a shared CPU)")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "bench: a benchmark (bench/ only)")
+    if config.getoption("--bench-threads"):
+        torch.set_num_threads(config.getoption("--bench-threads"))
 
 
 def bench_device(config) -> torch.device:
@@ -44,7 +49,7 @@ def _quick(config) -> bool:
 
 def bench_cases(config) -> list[suites.Case]:
     spectra = config.getoption("--bench-spectra")
-    spectra = list(orthokern.testing.SPECTRA) if spectra == "all" else (spectra.split(",") if spectra else None)
+    spectra = list(testing.SPECTRA) if spectra == "all" else (spectra.split(",") if spectra else None)
     names = suites.expand_suites(config.getoption("--bench-suite").split(","))
     return suites.make_cases(names, quick=_quick(config), spectra=spectra)
 
@@ -101,7 +106,7 @@ def case_data():
             from orthokern._polar import DEFAULT_RCOND
             from orthokern.bench.accuracy import Reference
 
-            G = orthokern.testing.random_matrix(case.batch, case.m, case.n, case.spectrum, dtype=case.dtype,
+            G = testing.random_matrix(case.batch, case.m, case.n, case.spectrum, dtype=case.dtype,
                                                 device=device, seed=runner.case_seed(case))
             cache[case.key] = CaseData(G, Reference(G, DEFAULT_RCOND, max_matrices=8))
             while len(cache) > 4:  # full-size GPU inputs are large; parametrization visits cases in order

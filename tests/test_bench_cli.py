@@ -58,7 +58,7 @@ def test_quick_custom_suite_writes_json_png_and_full_table(tmp_path, capsys):
         assert "matplotlib is not installed" in stdout
     md = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- BEGIN cpu -->" in md and "No GPU run has been made yet" in md
-    assert "| gram_eigh | torch | accurate | 2x24x8 |" in md
+    assert "| gram_eigh | torch | accurate | 2x24x8 |" in md and "| ‖O‖₂ |" in md
 
 
 def test_accuracy_gate_fails_on_a_wrong_method(tmp_path, capsys, monkeypatch):

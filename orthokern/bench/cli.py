@@ -17,6 +17,7 @@ import torch
 import orthokern
 
 from . import floor as floor_mod
+from .. import testing
 from . import report, runner, suites
 from .plot import plot_time_vs_error
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="comma-separated dtypes, e.g. float32,bfloat16 (default: per suite)")
     p.add_argument("--spectra", default=None,
-                   help=f"comma-separated from {', '.join(orthokern.testing.SPECTRA)} or 'all' "
+                   help=f"comma-separated from {', '.join(testing.SPECTRA)} or 'all' "
                    f"(default: {','.join(suites.DEFAULT_SPECTRA)})")
     p.add_argument("--methods", default=None,
                    help="comma-separated orthokern methods and peers (default: all of "
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time budget per entry: fewer rounds (never < 3) past it (default 3; 0.3 with --quick)")
     p.add_argument("--accuracy-matrices", type=int, default=8,
                    help="check accuracy on at most this many matrices of a batch (evenly spread)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's). On a shared CPU, 1 gives far steadier timings: "
+                   "idle OpenMP threads waiting for a busy core stall small calls by a scheduler slice")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--train-batch", type=int, default=None, help="train suite: batch size (default 256; 2 quick)")
     p.add_argument("--train-image", type=int, default=None, help="train suite: image size (default 224; 64 quick)")
@@ -81,10 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         dtypes = [suites.parse_dtype(d) for d in _csv(args.dtype)] if args.dtype else None
         spectra = _csv(args.spectra)
         if spectra == ["all"]:
-            spectra = list(orthokern.testing.SPECTRA)
+            spectra = list(testing.SPECTRA)
         for s in spectra or ():
-            if s not in orthokern.testing.SPECTRA:
-                raise ValueError(f"--spectra: unknown spectrum {s!r} (use {orthokern.testing.SPECTRA})")
+            if s not in testing.SPECTRA:
+                raise ValueError(f"--spectra: unknown spectrum {s!r} (use {testing.SPECTRA})")
         shapes = suites.parse_shapes(args.shapes) if args.shapes else None
         if shapes and "custom" not in names:
             names = ["custom"]
@@ -93,6 +97,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for m in modes:
             if m not in orthokern.MODES:
                 raise ValueError(f"--modes: unknown mode {m!r} (use {orthokern.MODES})")
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads: must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
         available = orthokern.available_backends(device)
         backends = _csv(args.backends) or available
         for b in backends:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-COLUMNS = ("method", "backend", "mode", "shape", "dtype", "spectrum", "median", "vs svd", "E", "||O||2", "floor x")
+COLUMNS = ("method", "backend", "mode", "shape", "dtype", "spectrum", "median", "vs svd", "E", "‖O‖₂", "floor x")
 
 
 def _fmt_time(s: float) -> str:
@@ -77,6 +77,8 @@ def environment(device: torch.device) -> dict:
         "orthokern": orthokern.__version__,
         "backends": orthokern.available_backends(device),
         "python": platform.python_version(),
+        # A shared machine's timings depend on what else runs: record how busy it was at the start.
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -109,19 +111,22 @@ def _section(kind: str, body: str) -> str:
 def results_section(meta: dict, records, skipped, violations, rates: Optional[dict]) -> str:
     title = "GPU" if meta["device_type"] == "cuda" else "CPU"
     lines = [
-        f"## {title}: {meta['device']}",
+        f"## Polar suites ({title}): {meta['device']}",
         "",
         f"- date: {meta['date']}",
         f"- torch {meta['torch']}" + (f" (CUDA {meta['cuda']})" if meta.get("cuda") else "")
         + f", Triton {meta['triton']}, orthokern {meta['orthokern']}, Python {meta['python']}",
-        f"- backends: {', '.join(meta['backends'])}",
+        f"- backends: {', '.join(meta['backends'])}"
+        + (f"; load average at start {meta['load_average_1min']}" if meta.get("load_average_1min") is not None
+           else ""),
         f"- command: `{meta['command']}`",
     ]
     if rates:
         mm = ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in rates["matmul_TFLOPs"].items())
         lines.append(f"- measured floor rates: copy {rates['copy_GBps']:.0f} GB/s; matmul {mm}")
-    if any(r.get("full_shape") for r in records):
-        lines.append("- reduced sizes (--quick / CPU): shapes shrunk from the design's full sizes, see the JSON")
+    reduced = sorted({(r["suite"], r["shape"], r["full_shape"]) for r in records if r.get("full_shape")})
+    if reduced:
+        lines.append("- reduced sizes (--quick): " + ", ".join(f"{s} {q} (full {f})" for s, q, f in reduced))
     lines += ["", format_table(records, markdown=True), ""]
     if skipped:
         lines.append(f"Skipped (cannot run here): {len(skipped)} combinations, e.g. "
