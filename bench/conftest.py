@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import orthokern
-from orthokern import testing
 from orthokern.bench import runner, suites
 
 
@@ -49,7 +48,7 @@ def _quick(config) -> bool:
 
 def bench_cases(config) -> list[suites.Case]:
     spectra = config.getoption("--bench-spectra")
-    spectra = list(testing.SPECTRA) if spectra == "all" else (spectra.split(",") if spectra else None)
+    spectra = list(suites.ALL_SPECTRA) if spectra == "all" else (spectra.split(",") if spectra else None)
     names = suites.expand_suites(config.getoption("--bench-suite").split(","))
     return suites.make_cases(names, quick=_quick(config), spectra=spectra)
 
@@ -106,8 +105,7 @@ def case_data():
             from orthokern._polar import DEFAULT_RCOND
             from orthokern.bench.accuracy import Reference
 
-            G = testing.random_matrix(case.batch, case.m, case.n, case.spectrum, dtype=case.dtype,
-                                                device=device, seed=runner.case_seed(case))
+            G = runner.make_input(case, device)
             cache[case.key] = CaseData(G, Reference(G, DEFAULT_RCOND, max_matrices=8))
             while len(cache) > 4:  # full-size GPU inputs are large; parametrization visits cases in order
                 cache.popitem(last=False)

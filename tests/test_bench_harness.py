@@ -126,3 +126,25 @@ def test_train_runner_reports_overhead(monkeypatch):
     res = _run_tiny(monkeypatch, FakeOrthogonalSGD)
     step = res["steps"][1]
     assert step["method"] == "auto" and "overhead_s" in step and "overhead_pct" in step
+
+
+def test_real_spectrum_only_for_resnet_suites_at_layer_shapes():
+    cases = suites.make_cases(["resnet18", "tall"], quick=True, spectra=["decaying", "real"])
+    real = [c for c in cases if c.spectrum == "real"]
+    assert real and all(c.suite == "resnet18" for c in real)
+    assert {(c.m, c.n) for c in real} <= set(suites.RESNET18_SHAPES)
+    assert {(c.batch, c.m, c.n) for c in real} == {(1, 1000, 512)}
+
+
+def test_real_gradients_are_resnet_gradients():
+    from orthokern.bench import gradients, runner
+
+    case = suites.Case("resnet18", 1, 1000, 512, torch.float32, "real")
+    G = runner.make_input(case, torch.device("cpu"))
+    assert G.shape == (1, 1000, 512) and bool(torch.isfinite(G).all())
+    # The fc gradient of a batch of 8 has rank <= 8: the rank-deficient case as training produces it.
+    assert int(torch.linalg.matrix_rank(G[0].double(), rtol=1e-5)) <= 8  # float32 rounding aside
+    grads = gradients.real_gradients("resnet18", "cpu", 8, 64)
+    assert {s: g.shape[0] for s, g in grads.items()} == suites.RESNET18_SHAPES
+    with pytest.raises(ValueError, match="layers of gradient shape"):
+        gradients.real_batch("resnet18", 1000, 512, 2, torch.device("cpu"), torch.float32)

@@ -17,7 +17,6 @@ import torch
 import orthokern
 
 from . import floor as floor_mod
-from .. import testing
 from . import report, runner, suites
 from .plot import plot_time_vs_error
 
@@ -40,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="comma-separated dtypes, e.g. float32,bfloat16 (default: per suite)")
     p.add_argument("--spectra", default=None,
-                   help=f"comma-separated from {', '.join(testing.SPECTRA)} or 'all' "
+                   help=f"comma-separated from {', '.join(suites.ALL_SPECTRA)} or 'all'; 'real' = actual "
+                   "ResNet gradients (ResNet suites only) "
                    f"(default: {','.join(suites.DEFAULT_SPECTRA)})")
     p.add_argument("--methods", default=None,
                    help="comma-separated orthokern methods and peers (default: all of "
@@ -85,10 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         dtypes = [suites.parse_dtype(d) for d in _csv(args.dtype)] if args.dtype else None
         spectra = _csv(args.spectra)
         if spectra == ["all"]:
-            spectra = list(testing.SPECTRA)
+            spectra = list(suites.ALL_SPECTRA)
         for s in spectra or ():
-            if s not in testing.SPECTRA:
-                raise ValueError(f"--spectra: unknown spectrum {s!r} (use {testing.SPECTRA})")
+            if s not in suites.ALL_SPECTRA:
+                raise ValueError(f"--spectra: unknown spectrum {s!r} (use {suites.ALL_SPECTRA})")
         shapes = suites.parse_shapes(args.shapes) if args.shapes else None
         if shapes and "custom" not in names:
             names = ["custom"]

@@ -15,7 +15,7 @@ from .._polar import DEFAULT_RCOND
 from . import floor as floor_mod
 from .accuracy import Reference
 from .peers import PEERS, peer_source
-from .suites import Case
+from .suites import REAL, Case
 from .timing import time_fn
 
 # Methods whose result depends on ``mode``; the others (svd, cholqr2) are run once, in accurate mode.
@@ -129,6 +129,16 @@ def cannot_run(e: Exception) -> bool:
     return "cannot run" in text or "has no backend" in text or "no implementation" in text
 
 
+def make_input(case: Case, device: torch.device) -> torch.Tensor:
+    """The case's (batch, m, n) input: a fresh matrix with the case's spectrum, or real ResNet gradients."""
+    if case.spectrum == REAL:
+        from .gradients import real_batch
+
+        return real_batch(case.suite, case.m, case.n, case.batch, device, case.dtype)
+    return testing.random_matrix(case.batch, case.m, case.n, case.spectrum, dtype=case.dtype, device=device,
+                                 seed=case_seed(case))
+
+
 def run_cases(
     cases: Sequence[Case],
     entries: Sequence[Entry],
@@ -146,8 +156,7 @@ def run_cases(
     bar = _Progress(len(cases) * len(entries), progress)
     try:
         for case in cases:
-            G = testing.random_matrix(case.batch, case.m, case.n, case.spectrum, dtype=case.dtype, device=device,
-                                      seed=case_seed(case))
+            G = make_input(case, device)
             ref = Reference(G, DEFAULT_RCOND, max_matrices=accuracy_matrices)
             base_t, muon_E, case_recs = None, None, []
             for entry in entries:

@@ -38,8 +38,11 @@ SQUARE_SHAPES = ((1, 1024, 1024), (1, 4096, 4096), (1, 4096, 11008))
 POLAR_SUITES = ("resnet50", "resnet18", "tall", "square")
 SUITES = POLAR_SUITES + ("all", "custom", "train")
 
-# Spectra run by default (orthokern.testing.SPECTRA has them all; ``--spectra all`` runs every one).
-DEFAULT_SPECTRA = ("decaying", "rank_deficient")
+# Spectra: orthokern.testing's synthetic ones plus "real" (actual ResNet gradients, ResNet suites only: see
+# orthokern.bench.gradients). ``--spectra all`` runs every one.
+REAL = "real"
+ALL_SPECTRA = ("well", "decaying", "decay2", "rank_deficient", "gaussian", REAL)
+DEFAULT_SPECTRA = ("decaying", "rank_deficient", REAL)
 QUICK_SPECTRA = ("decaying",)
 
 # --quick (and pytest bench/ on a CPU): full shape -> reduced shape, chosen by hand so that the reduced set
@@ -148,7 +151,13 @@ def make_cases(
         for shp, full in suite_list:
             for dtype in dtypes or suite_dtypes(suite):
                 for spec in spectra:
-                    case = Case(suite, *shp, dtype=dtype, spectrum=spec, full=full)
+                    if spec == REAL:
+                        # Real gradients exist only at the layers' own (full) shapes of a ResNet.
+                        if suite not in ("resnet50", "resnet18"):
+                            continue
+                        case = Case(suite, *(full or shp), dtype=dtype, spectrum=spec)
+                    else:
+                        case = Case(suite, *shp, dtype=dtype, spectrum=spec, full=full)
                     if case.key not in seen:
                         seen.add(case.key)
                         cases.append(case)
