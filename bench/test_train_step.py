@@ -46,8 +46,10 @@ def _step_target(s, opt):
 OPTIMISERS = ["sgd", "orthogonal/auto/accurate", "orthogonal/auto/fast"]
 
 
+# A "shape" parameter like the polar benchmarks', so that --benchmark-group-by=param:shape works on all of bench/.
+@pytest.mark.parametrize("shape", ["resnet50-step"])
 @pytest.mark.parametrize("optimizer", OPTIMISERS)
-def test_train_step(benchmark, setup, optimizer):
+def test_train_step(benchmark, setup, optimizer, shape):
     s = setup
     s["model"].load_state_dict(s["state"])
     params = s["model"].parameters()
@@ -64,8 +66,9 @@ def test_train_step(benchmark, setup, optimizer):
     benchmark.pedantic(_step_target(s, opt), rounds=s["rounds"], warmup_rounds=max(1, s["warmup"]), iterations=1)
 
 
+@pytest.mark.parametrize("shape", ["resnet50-all-gradients"])
 @pytest.mark.parametrize("mode", ["accurate", "fast"])
-def test_optimizer_only(benchmark, setup, mode):
+def test_optimizer_only(benchmark, setup, mode, shape):
     """orthokern.polar (auto) over the real gradients of one backward, one batched call per shape."""
     s = setup
     s["model"].load_state_dict(s["state"])

@@ -166,6 +166,10 @@ def run_cases(
                 except Exception as e:  # noqa: BLE001 (any failure is reported, none ends the run)
                     if isinstance(e, RuntimeError) and cannot_run(e):
                         skipped.append({"case": case.key, "entry": entry.label, "reason": str(e)})
+                    elif entry.is_peer:
+                        # A peer that fails (e.g. out of memory) is reported but is not orthokern's failure.
+                        skipped.append({"case": case.key, "entry": entry.label,
+                                        "reason": f"peer raised {type(e).__name__}: {str(e).splitlines()[0][:200]}"})
                     else:
                         # A method that crashes is a failure, not a skip: it goes to the gate with the wrong answers.
                         errors.append({"case": case.key, "entry": entry.label,
