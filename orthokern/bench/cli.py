@@ -35,13 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, from {', '.join(suites.SUITES)} ('all' = the polar suites "
                    f"{', '.join(suites.POLAR_SUITES)}; 'train' = ResNet-50 training step; 'custom' needs --shapes)")
     p.add_argument("--quick", action="store_true",
-                   help="reduced sizes and fewer rounds (under a minute on a small CPU)")
+                   help="reduced sizes and fewer rounds (under a minute on a small CPU); the default on a CPU")
+    p.add_argument("--full", action="store_true", help="full sizes even on a CPU (slow: minutes to hours)")
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="comma-separated dtypes, e.g. float32,bfloat16 (default: per suite)")
     p.add_argument("--spectra", default=None,
                    help=f"comma-separated from {', '.join(suites.ALL_SPECTRA)} or 'all'; 'real' = actual "
                    "ResNet gradients (ResNet suites only) "
-                   f"(default: {','.join(suites.DEFAULT_SPECTRA)})")
+                   f"(default: {','.join(suites.DEFAULT_SPECTRA)}; with --quick: {','.join(suites.QUICK_SPECTRA)})")
     p.add_argument("--methods", default=None,
                    help="comma-separated orthokern methods and peers (default: all of "
                    f"{', '.join(orthokern.METHODS)}, {', '.join(runner.PEERS)})")
@@ -59,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default: torch's). On a shared CPU, 1 gives far steadier timings: "
                    "idle OpenMP threads waiting for a busy core stall small calls by a scheduler slice")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--train-batch", type=int, default=None, help="train suite: batch size (default 256; 2 quick)")
-    p.add_argument("--train-image", type=int, default=None, help="train suite: image size (default 224; 64 quick)")
+    p.add_argument("--train-batch", type=int, default=None,
+                   help="train suite: batch size (default: 256 on a GPU, 32 with --quick; 2 on a CPU)")
+    p.add_argument("--train-image", type=int, default=None,
+                   help="train suite: image size (default: 224 on a GPU, 64 on a CPU)")
     return p
 
 
@@ -110,6 +113,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    if args.quick and args.full:
+        print("error: --quick and --full exclude each other", file=sys.stderr)
+        return 2
+    if device.type == "cpu" and not args.full and not args.quick:
+        print("note: on a CPU the suites run at reduced sizes (--quick); --full runs the design's sizes",
+              file=sys.stderr)
+        args.quick = True
     os.makedirs(args.out, exist_ok=True)
     status = 0
     if "train" in names:
@@ -126,8 +136,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     entries = runner.make_entries(methods, peers, backends, modes)
     meta = report.environment(device)
     meta["command"] = command
-    if device.type == "cpu" and not args.quick and any(n != "custom" for n in names):
-        print("note: full-size suites on a CPU take a long time; --quick runs reduced sizes", file=sys.stderr)
 
     rates = None
     if device.type == "cuda":
