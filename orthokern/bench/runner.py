@@ -69,7 +69,7 @@ def make_entries(methods, peers, backends, modes) -> list[Entry]:
                     return orthokern.polar(G, method=method, backend=backend, mode=mode)
 
                 entries.append(Entry(method, backend, mode, fn, f"orthokern.polar(backend={backend!r})"))
-    # The baseline first among peers so that speed-ups can be filled in as results come.
+    # Peers after orthokern's entries, the baseline first: the table reads top-down as "ours, then theirs".
     for name in sorted(peers, key=lambda p: p != BASELINE):
         entries.append(Entry(name, "peer", "-", PEERS[name], peer_source(name)))
     return entries
