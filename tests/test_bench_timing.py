@@ -48,3 +48,34 @@ def test_time_fn_calibrates_iterations_for_fast_calls():
 def test_time_fn_rejects_bad_arguments(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         time_fn(lambda: None, **kw)
+
+
+def test_time_fn_cuda_path_times_rounds_with_events(monkeypatch):
+    """The CUDA branch, on a fake device clock: one event pair per round, elapsed time / iterations."""
+    import torch
+
+    now = [0.0]  # device time in ms
+    synced = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            self.t = now[0]
+
+        def elapsed_time(self, end):
+            assert synced, "elapsed_time read before synchronising"
+            return end.t - self.t
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    durations_ms = iter([1.0, 1.0, 2.0, 4.0, 4.0, 6.0, 6.0])  # warm-up, then 3 rounds x 2 iterations
+
+    def fn():
+        now[0] += next(durations_ms)
+
+    t = time_fn(fn, device="cuda", rounds=3, warmup=1, iterations=2, max_total_s=1e9)
+    assert t.samples == pytest.approx([1.5e-3, 4e-3, 6e-3])
+    assert t.median == pytest.approx(4e-3)
