@@ -32,6 +32,9 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "bench: a benchmark (bench/ only)")
+    if not config.pluginmanager.hasplugin("benchmark"):
+        raise pytest.UsageError("bench/ needs pytest-benchmark: pip install pytest-benchmark "
+                                "(or run `python -m orthokern.bench`, which does not)")
     if config.getoption("--bench-threads"):
         torch.set_num_threads(config.getoption("--bench-threads"))
 
