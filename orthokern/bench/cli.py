@@ -117,8 +117,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: --quick and --full exclude each other", file=sys.stderr)
         return 2
     if device.type == "cpu" and not args.full and not args.quick:
-        print("note: on a CPU the suites run at reduced sizes (--quick); --full runs the design's sizes",
-              file=sys.stderr)
+        if any(n != "custom" for n in names):
+            print("note: on a CPU the suites run at reduced sizes (--quick); --full runs the design's sizes",
+                  file=sys.stderr)
         args.quick = True
     os.makedirs(args.out, exist_ok=True)
     status = 0
