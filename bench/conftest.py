@@ -16,6 +16,7 @@ import torch
 
 import orthokern
 from orthokern.bench import runner, suites
+from orthokern.bench.cli import default_backends
 
 
 def pytest_addoption(parser):
@@ -62,7 +63,7 @@ def bench_entries(config) -> list[runner.Entry]:
     # torch_svd and Muon first: the speed-up column and the fast-mode accuracy check refer to them.
     peers = sorted(peers, key=lambda p: (p != runner.BASELINE, p != runner.MUON))
     entries = runner.make_entries([], peers, [], []) + runner.make_entries(
-        ours, [], orthokern.available_backends(bench_device(config)), list(orthokern.MODES))
+        ours, [], default_backends(bench_device(config)), list(orthokern.MODES))
     return entries
 
 

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None,
                    help="comma-separated orthokern methods and peers (default: all of "
                    f"{', '.join(orthokern.METHODS)}, {', '.join(runner.PEERS)})")
-    p.add_argument("--backends", default=None, help="comma-separated (default: every available backend)")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated (default: every available backend; Triton on a CPU only when named)")
     p.add_argument("--modes", default="accurate,fast", help="modes for the mode-dependent methods")
     p.add_argument("--shapes", default=None, help="BxMxN list for --suite custom, e.g. 2x64x16,32x48")
     p.add_argument("--out", default="./bench-out", help="directory for results.json and time_vs_error.png")
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-image", type=int, default=None,
                    help="train suite: image size (default: 224 on a GPU, 64 on a CPU)")
     return p
+
+
+def default_backends(device: torch.device) -> list[str]:
+    """Every backend that can run on ``device``, except Triton on a CPU: there it runs only in the
+    interpreter (TRITON_INTERPRET=1), which tests kernels but says nothing about their speed. An explicit
+    ``--backends triton`` still runs it."""
+    backends = orthokern.available_backends(device)
+    return [b for b in backends if not (b == "triton" and device.type != "cuda")]
 
 
 def _device(name: Optional[str]) -> torch.device:
@@ -104,8 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.threads < 1:
                 raise ValueError(f"--threads: must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
-        available = orthokern.available_backends(device)
-        backends = _csv(args.backends) or available
+        backends = _csv(args.backends) or default_backends(device)
         for b in backends:
             if b not in orthokern.BACKENDS:
                 raise ValueError(f"--backends: unknown backend {b!r} (use {orthokern.BACKENDS})")
