@@ -34,11 +34,16 @@ def test_quick_custom_suite_writes_json_png_and_full_table(tmp_path, capsys):
     assert cases == {(s, sp) for s in ("2x24x8", "1x12x20") for sp in ("decaying", "rank_deficient")}
     for case in cases:
         got = {(r["method"], r["backend"], r["mode"]) for r in results if (r["shape"], r["spectrum"]) == case}
+        key = f"custom/{case[0]}/float32/{case[1]}"
+        skipped = {s["entry"] for s in data["skipped"] if s["case"] == key}
         for m in orthokern.METHODS:
             for b in backends:
                 modes = ("accurate", "fast") if m in ("auto", "gram_eigh", "newton_schulz") else ("accurate",)
                 for mode in modes:
-                    assert (m, b, mode) in got, f"{m}/{b}/{mode} missing for {case}"
+                    # Every combination ran, or is listed as one that cannot run here (a compiled backend
+                    # may lack a method or a shape); the pure-torch reference always runs.
+                    assert (m, b, mode) in got or (b != "torch" and f"{m}/{b}/{mode}" in skipped), \
+                        f"{m}/{b}/{mode} missing for {case}"
         for p in peers.PEERS:
             assert (p, "peer", "-") in got
     for r in results:
