@@ -1,0 +1,150 @@
+"""Pieces of the benchmark harness: cached accuracy, peers, floor, suites, training-step runner."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import orthokern
+from orthokern import testing
+from orthokern.bench import floor, peers, suites, train
+from orthokern.bench.accuracy import Reference
+
+
+@pytest.mark.parametrize("shape, kind", [((3, 20, 6), "decaying"), ((2, 7, 15), "rank_deficient"),
+                                         ((5, 12, 12), "gaussian")])
+def test_reference_measure_matches_testing_accuracy(shape, kind):
+    G = testing.random_matrix(shape[0], shape[1], shape[2], kind, dtype=torch.float32, seed=1)
+    O = orthokern.polar(G, method="newton_schulz", mode="fast")  # inexact on purpose: nonzero measures
+    a = testing.accuracy(G, O)
+    b = Reference(G, 1e-3).measure(O)
+    for f in ("E", "norm2", "orth", "dist"):
+        assert getattr(b, f) == pytest.approx(getattr(a, f), rel=1e-9, abs=1e-13), f
+    assert a.E > 1e-4
+
+
+def test_reference_subset_checks_spread_matrices():
+    G = testing.random_matrix(10, 8, 4, "well", seed=2)
+    O = orthokern.polar(G, method="svd")
+    O[9] = 2 * O[9]  # the last matrix is wrong: the subset must include it
+    ref = Reference(G, 1e-3, max_matrices=3)
+    assert len(ref.index) == 3 and {0, 9} <= set(ref.index.tolist())
+    assert ref.measure(O).E > 0.5
+
+
+def test_muon_peer_is_torchs_function_and_matches_batched():
+    assert peers._torch_muon_fn() is not None  # torch 2.13 ships torch.optim.Muon
+    G = testing.random_matrix(3, 40, 16, "decaying", seed=3)
+    a, b = peers.muon_ns5(G), peers.muon_ns5_batched(G)
+    assert a.shape == G.shape and a.dtype == G.dtype
+    assert (a - b).abs().max() < 3e-2  # same bfloat16 arithmetic, different matmul grouping
+    # Muon's 5 steps leave singular values in about [0.5, 1.3]: measured, not exact.
+    acc = testing.accuracy(G, a)
+    assert 0.05 < acc.E < 0.6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(peers.PEERS))
+def test_peers_keep_input_and_shape(name, dtype):
+    G = testing.random_matrix(2, 24, 10, "decaying", dtype=dtype, seed=4)
+    before = G.clone()
+    O = peers.PEERS[name](G)
+    assert torch.equal(G, before), f"{name} modified its input"
+    assert O.shape == G.shape and O.dtype == dtype and bool(torch.isfinite(O).all())
+    Gw = G.mT.contiguous()  # wide input
+    assert peers.PEERS[name](Gw).shape == Gw.shape
+
+
+def test_polar_express_and_svd_peers_are_accurate_in_float32():
+    G = testing.random_matrix(2, 48, 16, "decaying", seed=5)
+    assert testing.accuracy(G, peers.torch_svd(G)).E < 1e-5
+    assert testing.accuracy(G, peers.polar_express(G)).E < 1e-3
+
+
+def test_floor_is_max_of_memory_and_compute():
+    case = suites.Case("tall", 4, 1000, 100, torch.float32, "decaying")
+    rates = floor.DeviceRates(1e12, {"float32": 1e13, "bfloat16": 1e14, "float64": 1e12})
+    mem = 2 * 4 * 1000 * 100 * 4 / 1e12
+    for method, mode in [("svd", "accurate"), ("gram_eigh", "accurate"), ("newton_schulz", "fast"),
+                         ("newton_schulz", "accurate"), ("cholqr2", "accurate"), ("auto", "fast"),
+                         ("muon_ns5", "-"), ("polar_express", "-")]:
+        terms = floor.method_flops(method, mode, case)
+        assert terms and all(f > 0 for f, _ in terms)
+        compute = sum(f / rates.matmul_flops_per_s[dt] for f, dt in terms)
+        assert floor.floor_seconds(rates, method, mode, case) == pytest.approx(max(mem, compute))
+    # Accurate Newton–Schulz runs more float32 steps than the fast mode's bfloat16 ones.
+    assert floor.floor_seconds(rates, "newton_schulz", "accurate", case) > \
+        floor.floor_seconds(rates, "newton_schulz", "fast", case)
+    assert floor.measure_rates("cpu") is None
+    with pytest.raises(ValueError, match="method"):
+        floor.method_flops("qr", "accurate", case)
+
+
+def test_make_cases_quick_and_full():
+    quick = suites.make_cases(suites.expand_suites(["all"]), quick=True)
+    full = suites.make_cases(suites.expand_suites(["all"]), quick=False)
+    assert {c.suite for c in quick} == set(suites.POLAR_SUITES)
+    assert all(c.batch * c.m * c.n <= 1 << 19 for c in quick)
+    shapes = {(c.batch, c.m, c.n) for c in full}
+    assert {(256, 576, 64), (1024, 256, 32), (64, 1152, 128), (8, 4608, 512), (1, 4096, 11008)} <= shapes
+    assert {c.dtype for c in full if c.suite == "square"} == {torch.float32, torch.bfloat16}
+    assert all(c.full is not None for c in quick if c.suite == "tall")
+    assert suites.parse_shapes("2x64x16, 32x48") == [(2, 64, 16), (1, 32, 48)]
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 1000)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((-2, -1)))
+
+
+def _run_tiny(monkeypatch, opt_cls):
+    monkeypatch.setattr(train, "find_fast_orthogonal_sgd", lambda: opt_cls)
+    return train.run_train(torch.device("cpu"), batch=2, image=8, methods=["auto"], modes=["accurate"],
+                           peers=["torch_svd"], rounds=2, max_entry_s=1.0, model_fn=lambda: (_Tiny(), "tiny"))
+
+
+def test_train_runner_without_the_optimiser_says_so(monkeypatch):
+    res = _run_tiny(monkeypatch, None)
+    assert [s["optimizer"] for s in res["steps"]] == ["torch.optim.SGD(momentum=0.9)"]
+    assert "FastOrthogonalSGD" in res["skipped"][0]
+    assert sorted(map(tuple, res["gradient_groups"])) == [(1, 8, 27), (1, 1000, 8)]
+    assert {o["method"] for o in res["optimizer_only"]} == {"auto", "torch_svd"}
+    assert "optimiser only" in train.format_train(res)
+
+
+def test_train_runner_reports_overhead(monkeypatch):
+    class FakeOrthogonalSGD(torch.optim.SGD):
+        def __init__(self, params, lr, momentum=0.9, *, method="auto", mode="accurate"):
+            super().__init__(params, lr=lr, momentum=momentum)
+            self.method, self.mode = method, mode
+
+    res = _run_tiny(monkeypatch, FakeOrthogonalSGD)
+    step = res["steps"][1]
+    assert step["method"] == "auto" and "overhead_s" in step and "overhead_pct" in step
+
+
+def test_real_spectrum_only_for_resnet_suites_at_layer_shapes():
+    cases = suites.make_cases(["resnet18", "tall"], quick=True, spectra=["decaying", "real"])
+    real = [c for c in cases if c.spectrum == "real"]
+    assert real and all(c.suite == "resnet18" for c in real)
+    assert {(c.m, c.n) for c in real} <= set(suites.RESNET18_SHAPES)
+    assert {(c.batch, c.m, c.n) for c in real} == {(1, 1000, 512)}
+
+
+def test_real_gradients_are_resnet_gradients():
+    from orthokern.bench import gradients, runner
+
+    case = suites.Case("resnet18", 1, 1000, 512, torch.float32, "real")
+    G = runner.make_input(case, torch.device("cpu"))
+    assert G.shape == (1, 1000, 512) and bool(torch.isfinite(G).all())
+    # The fc gradient of a batch of 8 has rank <= 8: the rank-deficient case as training produces it.
+    assert int(torch.linalg.matrix_rank(G[0].double(), rtol=1e-5)) <= 8  # float32 rounding aside
+    grads = gradients.real_gradients("resnet18", "cpu", 8, 64)
+    assert {s: g.shape[0] for s, g in grads.items()} == suites.RESNET18_SHAPES
+    with pytest.raises(ValueError, match="layers of gradient shape"):
+        gradients.real_batch("resnet18", 1000, 512, 2, torch.device("cpu"), torch.float32)
