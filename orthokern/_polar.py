@@ -26,17 +26,22 @@ def _check_args(G, method, mode, rcond, backend) -> float:
             f"polar: G must be float64, float32, bfloat16 or float16, got {G.dtype}"
             + (" (complex input is not supported)" if G.is_complex() else "")
         )
+    return check_options(method, mode, rcond, backend, where="polar")
+
+
+def check_options(method, mode, rcond, backend, *, where: str) -> float:
+    """Check polar()'s options (also at optimiser construction, so errors come early); returns rcond."""
     if method not in METHODS:
-        raise ValueError(f"polar: method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
     if mode not in MODES:
-        raise ValueError(f"polar: mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"{where}: mode must be one of {MODES}, got {mode!r}")
     if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"polar: backend must be None or one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"{where}: backend must be None or one of {BACKENDS}, got {backend!r}")
     if rcond is None:
         return DEFAULT_RCOND
     rcond = float(rcond)
     if not (0.0 <= rcond < 1.0):
-        raise ValueError(f"polar: rcond must be in [0, 1), got {rcond}")
+        raise ValueError(f"{where}: rcond must be in [0, 1), got {rcond}")
     return rcond
 
 

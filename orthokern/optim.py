@@ -38,8 +38,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from ._polar import polar
-from ._registry import BACKENDS, METHODS, MODES
+from ._polar import check_options, polar
 
 __all__ = ["FastOrthogonalSGD", "Orthogonal", "orthogonalise", "SELECTIONS"]
 
@@ -82,14 +81,7 @@ class _Settings:
 
 def _make_settings(orthogonalise, method, mode, rcond, backend, where) -> _Settings:
     # Fail at construction, not at the first step: the same checks as polar()'s.
-    if method not in METHODS:
-        raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
-    if mode not in MODES:
-        raise ValueError(f"{where}: mode must be one of {MODES}, got {mode!r}")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"{where}: backend must be None or one of {BACKENDS}, got {backend!r}")
-    if rcond is not None and not (0.0 <= float(rcond) < 1.0):
-        raise ValueError(f"{where}: rcond must be in [0, 1), got {rcond}")
+    check_options(method, mode, rcond, backend, where=where)
     default = _normalise_selection(orthogonalise, where, allow_callable=True)
     return _Settings(method, mode, rcond, backend, default, orthogonalise if default == _PREDICATE else None)
 
