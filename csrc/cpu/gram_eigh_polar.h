@@ -86,7 +86,8 @@ void gram_eigh_polar_one(const In* G, In* O, int64_t m, int64_t n, double rcond,
   // extreme magnitude; recompute it then from G pre-scaled by its largest entry. A non-finite trace from a
   // finite G is overflow; from a non-finite G it means the result must be NaN.
   const GramT tiny_trace = std::ldexp(GramT(1), std::numeric_limits<GramT>::min_exponent + 40);
-  if (!std::isfinite(tr) || (tr > GramT(0) && tr < tiny_trace)) {
+  // (tr < tiny_trace includes tr == 0: squares of a tiny G underflow to zero; a true zero G stays zero.)
+  if (!std::isfinite(tr) || tr < tiny_trace) {
     if (!all_finite(G, m * n)) {
       const In nan = std::numeric_limits<In>::quiet_NaN();
       std::fill(O, O + m * n, nan);
@@ -111,18 +112,21 @@ void gram_eigh_polar_one(const In* G, In* O, int64_t m, int64_t n, double rcond,
     const GramT lam = A[k * n + k];
     inv[k] = lam > thr ? GramT(1) / std::sqrt(std::max(lam, tiny)) : GramT(0);
   }
-  // M = W diag(inv) W^T (Vt holds the eigenvectors as rows), with the scale 2^-(e0+e) of X folded in.
-  const int shift = -(e0 + e);
+  // M = W diag(inv) W^T (Vt holds the eigenvectors as rows).
   for (int64_t a = 0; a < n; ++a) {
     for (int64_t b = a; b < n; ++b) {
       GramT s = 0;
       for (int64_t k = 0; k < n; ++k) s += Vt[k * n + a] * inv[k] * Vt[k * n + b];
-      M[a * n + b] = M[b * n + a] = ApplyT(std::ldexp(s, shift));
+      M[a * n + b] = M[b * n + a] = ApplyT(s);
     }
   }
+  // O = X M with X = 2^shift G. The scale goes on X, as in the reference, not on M: for a G near the bottom of
+  // float32's range M would overflow. Two power-of-two factors, each representable, make the product exact.
+  const int shift = -(e0 + e);
+  const ApplyT f1 = std::ldexp(ApplyT(1), shift / 2), f2 = std::ldexp(ApplyT(1), shift - shift / 2);
   for (int64_t i = 0; i < m; ++i) {
     const In* g = G + i * n;
-    for (int64_t k = 0; k < n; ++k) xa[k] = ApplyT(g[k]);
+    for (int64_t k = 0; k < n; ++k) xa[k] = ApplyT(g[k]) * f1 * f2;
     ApplyT* o = xa + n;
     for (int64_t b = 0; b < n; ++b) o[b] = 0;
     for (int64_t k = 0; k < n; ++k) {

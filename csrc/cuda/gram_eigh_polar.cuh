@@ -8,9 +8,8 @@
 //      unscaled Gram matrix overflow or underflow (gradients beyond ~1e19 or below ~1e-13 in fast mode), it is
 //      recomputed from G pre-scaled by its largest entry: a rare, block-uniform branch.
 //   3. Parallel-order Jacobi on A in shared memory (GramT), bounded sweeps.
-//   4. keep lam > rcond^2 lam_max (strict: a zero matrix maps to zero); M = W lam^{-1/2} W^T in ApplyT, the
-//      power-of-two scale folded in.
-//   5. O = G M in ApplyT (float for float/half input, double for double), row tiles again (second read of G).
+//   4. keep lam > rcond^2 lam_max (strict: a zero matrix maps to zero); M = W lam^{-1/2} W^T in ApplyT.
+//   5. O = (2^shift G) M in ApplyT (float for float/half input, double for double), row tiles again (second read of G).
 #pragma once
 
 #include "cuda/common.cuh"
@@ -23,11 +22,11 @@ constexpr int kGramTileRows = 32;
 
 __host__ __device__ inline int round_up4(int n) { return (n + 3) / 4 * 4; }
 
-// Upper-triangle 4 x 4 register blocks of (scale G)^T (scale G) into A (n x ld, shared, both triangles).
+// Upper-triangle 4 x 4 register blocks of (2^-e0 G)^T (2^-e0 G) into A (n x ld, shared, both triangles).
 // Sets *bad when G holds a non-finite value. All threads of the block call it; blockDim.x >= (npad / 4)^2.
 template <typename In, typename GramT>
-__device__ void block_gram(const In* __restrict__ g, int m, int n, int npad, GramT scale, GramT* tile, GramT* A,
-                           int ld, int* bad) {
+__device__ void block_gram(const In* __restrict__ g, int m, int n, int npad, int e0, GramT* tile, GramT* A, int ld,
+                           int* bad) {
   const int tid = threadIdx.x, nt = blockDim.x;
   const int nb = npad / 4;
   const int bi = tid / nb, bj = tid - (tid / nb) * nb;
@@ -45,7 +44,8 @@ __device__ void block_gram(const In* __restrict__ g, int m, int n, int npad, Gra
       if (r < rows && c < n) {
         const auto w = to_wide(g[int64_t(r0 + r) * n + c]);
         if (!isfinite(w)) *bad = 1;
-        v = GramT(w) * scale;
+        // ldexp in double: 2^-e0 alone may not be representable in float (e0 < -126 for denormal G).
+        v = e0 == 0 ? GramT(w) : GramT(ldexp(double(w), -e0));
       }
       tile[idx] = v;
     }
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(256)
   if (tid == 0) bad = 0;
   __syncthreads();
 
-  block_gram<In, GramT>(g, m, n, npad, GramT(1), tile, A, ld, &bad);
+  block_gram<In, GramT>(g, m, n, npad, 0, tile, A, ld, &bad);
   GramT tr = block_trace(A, n, ld, red);  // ends with a barrier: `bad` is final
   if (bad) {
     const In nan = Store<In>::from(GramT(NAN));
@@ -117,12 +117,13 @@ __global__ void __launch_bounds__(256)
   }
   int e0 = 0;
   const GramT tiny_trace = pow2<GramT>(Limits<GramT>::min_exponent + 40);
-  if (!isfinite(tr) || (tr > GramT(0) && tr < tiny_trace)) {
+  // (tr < tiny_trace includes tr == 0: squares of a tiny G underflow to zero; a true zero G stays zero.)
+  if (!isfinite(tr) || tr < tiny_trace) {
     double amax = 0.0;
     for (int64_t idx = tid; idx < int64_t(m) * n; idx += nt) amax = fmax(amax, fabs(double(to_wide(g[idx]))));
     amax = block_reduce(amax, MaxOp(), redd);
     e0 = frexp_exponent(amax);
-    block_gram<In, GramT>(g, m, n, npad, pow2<GramT>(-e0), tile, A, ld, &bad);
+    block_gram<In, GramT>(g, m, n, npad, e0, tile, A, ld, &bad);
     tr = block_trace(A, n, ld, red);
   }
   // ||X||_F = sqrt(tr) 2^-e in [0.5, 1): A scales by 2^-2e.
@@ -145,21 +146,24 @@ __global__ void __launch_bounds__(256)
     inv[k] = lam > thr ? GramT(1) / sqrt(fmax(lam, Limits<GramT>::min_normal)) : GramT(0);
   }
   __syncthreads();
-  // M = W diag(inv) W^T 2^-(e0+e), into A's storage (A is no longer needed), as ApplyT with leading dim n.
+  // M = W diag(inv) W^T, into A's storage (A is no longer needed), as ApplyT with leading dim n.
   ApplyT* M = reinterpret_cast<ApplyT*>(A);
-  const GramT sx = pow2<GramT>(-(e0 + e));
   for (int idx = tid; idx < n * n; idx += nt) {
     const int a = idx / n, c = idx - a * n;
     GramT s = GramT(0);
     for (int k = 0; k < n; ++k) s += Vt[k * ld + a] * inv[k] * Vt[k * ld + c];
-    M[idx] = ApplyT(s * sx);
+    M[idx] = ApplyT(s);
   }
   __syncthreads();
+  // O = X M with X = 2^shift G. The scale goes on X, as in the reference, not on M: for a G near the bottom of
+  // float32's range M would overflow. Two power-of-two factors, each representable, make the product exact.
+  const int shift = -(e0 + e);
+  const ApplyT f1 = pow2<ApplyT>(shift / 2), f2 = pow2<ApplyT>(shift - shift / 2);
 
   ApplyT* xt = reinterpret_cast<ApplyT*>(tile);  // kGramTileRows x n ApplyT fits in the GramT tile
   for (int r0 = 0; r0 < m; r0 += kGramTileRows) {
     const int rows = min(kGramTileRows, m - r0);
-    for (int idx = tid; idx < rows * n; idx += nt) xt[idx] = ApplyT(to_wide(g[int64_t(r0) * n + idx]));
+    for (int idx = tid; idx < rows * n; idx += nt) xt[idx] = ApplyT(to_wide(g[int64_t(r0) * n + idx])) * f1 * f2;
     __syncthreads();
     for (int idx = tid; idx < rows * n; idx += nt) {
       const int r = idx / n, c = idx - r * n;
