@@ -33,7 +33,8 @@ def _register() -> bool:
             lambda: f"eigh_small: A must be a batch of square matrices (..., n, n), got shape {tuple(A.shape)}",
         )
         torch._check(
-            A.dtype in (torch.float32, torch.float64), lambda: f"eigh_small: A must be float32 or float64, got {A.dtype}"
+            A.dtype in (torch.float32, torch.float64),
+            lambda: f"eigh_small: A must be float32 or float64, got {A.dtype}",
         )
         return A.new_empty(A.shape[:-1]), A.new_empty(A.shape)
 

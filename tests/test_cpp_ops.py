@@ -5,6 +5,7 @@ Skipped (not failed) when the extension is not built; CI builds it (`pip install
 from __future__ import annotations
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -92,7 +93,7 @@ POLAR_SHAPES = [(3, 37, 29), (2, 64, 64), (2, 130, 1), (1, 200, 64)]
 @pytest.mark.parametrize("op", ["gram_eigh_polar", "cholqr2_polar"])
 def test_polar_ops_meet_accuracy_contract(op, dtype, kind, shape, device):
     B, m, n = shape
-    G = random_matrix(B, m, n, kind, dtype=dtype, seed=hash((op, kind, shape)) % 2**31, device=device)
+    G = random_matrix(B, m, n, kind, dtype=dtype, seed=zlib.crc32(repr((op, kind, shape)).encode()), device=device)
     O = gram_op(G) if op == "gram_eigh_polar" else cholqr2_op(G)
     assert O.shape == G.shape and O.dtype == G.dtype and O.device == G.device
     acc = accuracy(G, O, RCOND)
@@ -255,7 +256,6 @@ def test_opcheck_all_ops(device):
         torch.library.opcheck(torch.ops.orthokern.cholqr2_polar.default, (G, RCOND))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph(device):
     def f(G, A):
