@@ -47,6 +47,12 @@ def _extensions_and_cmdclass():
     with_cuda = (
         not skip_cuda and torch_has_cuda and cuda_home is not None and (torch.cuda.is_available() or force_cuda)
     )
+    if force_cuda and not skip_cuda and not with_cuda:
+        _warn(
+            "FORCE_CUDA=1 but the CUDA sources cannot be built: "
+            + ("the installed torch has no CUDA" if not torch_has_cuda else "CUDA_HOME (nvcc) not found")
+            + "; building the CPU ops only."
+        )
     archs = os.environ.get("ORTHOKERN_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0"
 
     sources = [os.path.join("csrc", "orthokern.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
