@@ -1,20 +1,22 @@
-// Fused Gram + Jacobi eigh polar factor of one tall matrix (CPU, torch-free). Same numerics as
+// Fused Gram + eigh polar factor of one tall matrix (CPU, torch-free). Same numerics as
 // orthokern/reference/gram_eigh.py: A = X^T X in GramT (double for the accurate mode, float for the fast one),
-// X = G scaled by a power of two so that ||X||_F is in [0.5, 1); eigh(A) = W diag(lam) W^T by Jacobi in GramT;
+// X = G scaled by a power of two so that ||X||_F is in [0.5, 1); eigh(A) = W diag(lam) W^T in GramT;
 // keep lam > rcond^2 lam_max (strict: a zero matrix keeps nothing and maps to zero); M = W lam^{-1/2} W^T cast to
 // ApplyT (float for float/half input, double for double); O = X M.
+//
+// The eigensolver is Householder tridiagonalisation + implicit QL (tridiag_eigh.h), not the Jacobi method of the
+// CUDA kernel: on CPU it is 2.6-3.3x faster at n = 32..64 (measured), which is what lets this op beat the torch
+// reference; the CUDA kernel uses Jacobi because its rotations parallelise across a thread block.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
-#include "cpu/jacobi.h"
+#include "cpu/tridiag_eigh.h"
 
 namespace orthokern {
 namespace cpu {
-
-constexpr int kGramJacobiMaxSweeps = 40;
 
 template <typename T>
 inline bool all_finite(const T* x, int64_t len) {
@@ -102,14 +104,15 @@ void gram_eigh_polar_one(const In* G, In* O, int64_t m, int64_t n, double rcond,
   for (int64_t a = 0; a < n; ++a)
     for (int64_t b = a; b < n; ++b) A[b * n + a] = A[a * n + b] = std::ldexp(A[a * n + b], -2 * e);
 
-  jacobi_eigh_inplace(A, Vt, n, kGramJacobiMaxSweeps);
+  // Eigenvalues into inv (turned into lam^{-1/2} below), eigenvectors as rows of Vt; xrow is free scratch now.
+  tridiag_eigh_rows(A, inv, Vt, n, xrow);
 
   GramT lam_max = 0;
-  for (int64_t k = 0; k < n; ++k) lam_max = std::max(lam_max, A[k * n + k]);
+  for (int64_t k = 0; k < n; ++k) lam_max = std::max(lam_max, inv[k]);
   const GramT thr = GramT(rcond) * GramT(rcond) * lam_max;
   const GramT tiny = std::numeric_limits<GramT>::min();
   for (int64_t k = 0; k < n; ++k) {
-    const GramT lam = A[k * n + k];
+    const GramT lam = inv[k];
     inv[k] = lam > thr ? GramT(1) / std::sqrt(std::max(lam, tiny)) : GramT(0);
   }
   // M = W diag(inv) W^T (Vt holds the eigenvectors as rows).

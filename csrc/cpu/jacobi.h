@@ -1,9 +1,9 @@
 // Jacobi eigensolver and one-sided Jacobi SVD for small dense matrices (CPU, torch-free).
 //
-// Why Jacobi rather than Householder + QR: the Gram matrices here are small (n <= 64 for the fused op) and the
-// small eigenvalues matter (the threshold keeps lam down to rcond^2 lam_max); Jacobi with the relative stopping
-// rule |a_pq| <= eps sqrt(|a_pp a_qq|) computes them to high relative accuracy, and it is the same algorithm the
-// CUDA kernels run in parallel order, so CPU and GPU results agree closely.
+// The eigh_small op on CPU is the twin of the CUDA kernel: the same rotations with the same relative stopping rule
+// |a_pq| <= eps sqrt(|a_pp a_qq|), which computes small eigenvalues to high relative accuracy; sweeps are bounded
+// so that NaN cannot hang it. (The fused CPU gram_eigh_polar uses tridiag_eigh.h instead, for speed.) The one-sided
+// variant gives the SVD of the small R factor in cholqr2_polar.
 #pragma once
 
 #include <algorithm>
