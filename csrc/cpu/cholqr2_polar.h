@@ -49,7 +49,7 @@ inline void cholesky_upper(const double* A, double* R, int64_t n, double floor_p
 }
 
 // Each row x of X (m x n) becomes x R^-1 (R upper triangular), in place.
-inline void solve_rows_upper(double* X, const double* R, int64_t m, int64_t n) {
+ORTHOKERN_CPU_CLONES inline void solve_rows_upper(double* X, const double* R, int64_t m, int64_t n) {
   for (int64_t i = 0; i < m; ++i) {
     double* x = X + i * n;
     for (int64_t j = 0; j < n; ++j) {
@@ -138,17 +138,7 @@ void cholqr2_polar_one(const In* G, In* O, int64_t m, int64_t n, double rcond, d
       for (int64_t k = a + 1; k < n; ++k) v -= R2[a * n + k] * A[k * n + b];
       A[a * n + b] = v / R2[a * n + a];
     }
-  for (int64_t i = 0; i < m; ++i) {
-    const double* q = X + i * n;
-    for (int64_t b = 0; b < n; ++b) xrow[b] = 0;
-    for (int64_t k = 0; k < n; ++k) {
-      const double x = q[k];
-      const double* nk = A + k * n;
-      for (int64_t b = 0; b < n; ++b) xrow[b] += x * nk[b];
-    }
-    In* out = O + i * n;
-    for (int64_t b = 0; b < n; ++b) out[b] = In(xrow[b]);
-  }
+  matmul_rows<double, double, In>(X, A, O, m, n, 1.0, 1.0, xrow, sigma);  // sigma is free scratch now
 }
 
 }  // namespace cpu

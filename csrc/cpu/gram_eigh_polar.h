@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "cpu/simd.h"
 #include "cpu/tridiag_eigh.h"
 
 namespace orthokern {
@@ -44,7 +45,7 @@ GramT gram_upper(const In* G, int64_t m, int64_t n, int e0, GramT* A) {
 
 // Same, without the ldexp in the inner loop (the common case: no pre-scaling needed).
 template <typename In, typename GramT>
-GramT gram_upper_unscaled(const In* G, int64_t m, int64_t n, GramT* A, GramT* xrow) {
+ORTHOKERN_CPU_CLONES GramT gram_upper_unscaled(const In* G, int64_t m, int64_t n, GramT* A, GramT* xrow) {
   std::fill(A, A + n * n, GramT(0));
   for (int64_t i = 0; i < m; ++i) {
     const In* g = G + i * n;
@@ -58,6 +59,24 @@ GramT gram_upper_unscaled(const In* G, int64_t m, int64_t n, GramT* A, GramT* xr
   GramT tr = 0;
   for (int64_t a = 0; a < n; ++a) tr += A[a * n + a];
   return tr;
+}
+
+// O = (f1 f2 X) M row by row, in T (X: m x n of In, M: n x n of T, O: m x n of Out); xa, o: n scratch each.
+template <typename In, typename T, typename Out>
+ORTHOKERN_CPU_CLONES void matmul_rows(const In* X, const T* M, Out* O, int64_t m, int64_t n, T f1, T f2, T* xa,
+                                      T* o) {
+  for (int64_t i = 0; i < m; ++i) {
+    const In* x = X + i * n;
+    for (int64_t k = 0; k < n; ++k) xa[k] = T(x[k]) * f1 * f2;
+    for (int64_t b = 0; b < n; ++b) o[b] = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      const T xk = xa[k];
+      const T* mk = M + k * n;
+      for (int64_t b = 0; b < n; ++b) o[b] += xk * mk[b];
+    }
+    Out* out = O + i * n;
+    for (int64_t b = 0; b < n; ++b) out[b] = Out(o[b]);
+  }
 }
 
 template <typename In>
@@ -127,19 +146,7 @@ void gram_eigh_polar_one(const In* G, In* O, int64_t m, int64_t n, double rcond,
   // float32's range M would overflow. Two power-of-two factors, each representable, make the product exact.
   const int shift = -(e0 + e);
   const ApplyT f1 = std::ldexp(ApplyT(1), shift / 2), f2 = std::ldexp(ApplyT(1), shift - shift / 2);
-  for (int64_t i = 0; i < m; ++i) {
-    const In* g = G + i * n;
-    for (int64_t k = 0; k < n; ++k) xa[k] = ApplyT(g[k]) * f1 * f2;
-    ApplyT* o = xa + n;
-    for (int64_t b = 0; b < n; ++b) o[b] = 0;
-    for (int64_t k = 0; k < n; ++k) {
-      const ApplyT x = xa[k];
-      const ApplyT* mk = M + k * n;
-      for (int64_t b = 0; b < n; ++b) o[b] += x * mk[b];
-    }
-    In* out = O + i * n;
-    for (int64_t b = 0; b < n; ++b) out[b] = In(o[b]);
-  }
+  matmul_rows<In, ApplyT, In>(G, M, O, m, n, f1, f2, xa, xa + n);
 }
 
 }  // namespace cpu

@@ -13,6 +13,8 @@
 #include <numeric>
 #include <vector>
 
+#include "cpu/simd.h"
+
 namespace orthokern {
 namespace cpu {
 
@@ -39,7 +41,7 @@ inline bool jacobi_needs_rotation(T app, T aqq, T apq) {
 // the eigenvalues, unsorted). Vt (n x n) receives the eigenvectors as ROWS (row-wise updates are contiguous).
 // Returns the number of sweeps done (<= max_sweeps, so NaN input cannot hang it).
 template <typename T>
-int jacobi_eigh_inplace(T* A, T* Vt, int64_t n, int max_sweeps) {
+ORTHOKERN_CPU_CLONES int jacobi_eigh_inplace(T* A, T* Vt, int64_t n, int max_sweeps) {
   std::fill(Vt, Vt + n * n, T(0));
   for (int64_t i = 0; i < n; ++i) Vt[i * n + i] = T(1);
   for (int sweep = 0; sweep < max_sweeps; ++sweep) {
@@ -105,7 +107,7 @@ void eigh_small_one(const T* A, T* w, T* W, int64_t n, T* work /* 2 n^2 */) {
 // Ut_in = S Vt^T-ish: with B = Ut_in^T (columns = rows of Ut_in), B V = U Sigma where U Sigma has the final rows of
 // Ut as columns and V has the rows of Vt as columns. Returns the sweeps done (<= max_sweeps).
 template <typename T>
-int one_sided_jacobi_rows(T* Ut, T* Vt, int64_t n, int max_sweeps) {
+ORTHOKERN_CPU_CLONES int one_sided_jacobi_rows(T* Ut, T* Vt, int64_t n, int max_sweeps) {
   std::fill(Vt, Vt + n * n, T(0));
   for (int64_t i = 0; i < n; ++i) Vt[i * n + i] = T(1);
   for (int sweep = 0; sweep < max_sweeps; ++sweep) {

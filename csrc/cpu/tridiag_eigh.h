@@ -12,13 +12,15 @@
 #include <cstdint>
 #include <limits>
 
+#include "cpu/simd.h"
+
 namespace orthokern {
 namespace cpu {
 
 // On entry V (n x n, row-major) holds the symmetric matrix (both triangles). On exit d holds the eigenvalues
 // (ascending after tql2) and V the eigenvectors as COLUMNS. e is n scratch values.
 template <typename T>
-void tred2(T* V, T* d, T* e, int64_t n) {
+ORTHOKERN_CPU_CLONES void tred2(T* V, T* d, T* e, int64_t n) {
   auto at = [&](int64_t i, int64_t j) -> T& { return V[i * n + j]; };
   for (int64_t j = 0; j < n; ++j) d[j] = at(n - 1, j);
   for (int64_t i = n - 1; i > 0; --i) {
@@ -96,7 +98,7 @@ void tred2(T* V, T* d, T* e, int64_t n) {
 // are the columns of V) so that each rotation updates two contiguous rows; the iteration count per eigenvalue is
 // bounded so that NaN cannot hang it.
 template <typename T>
-void tql2_rows(T* Vt, T* d, T* e, int64_t n) {
+ORTHOKERN_CPU_CLONES void tql2_rows(T* Vt, T* d, T* e, int64_t n) {
   for (int64_t i = 1; i < n; ++i) e[i - 1] = e[i];
   e[n - 1] = 0;
   T f = 0, tst1 = 0;
