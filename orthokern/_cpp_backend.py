@@ -14,8 +14,9 @@ from . import _backends
 from ._registry import register
 
 # The fused CUDA kernel keeps the n x n Gram matrix and its eigenvectors in shared memory (two 64 x 64 float64
-# blocks = 64 KiB): n <= 64. The CPU kernel has the same limit so that both backends mean the same thing; larger
-# n on CPU is served by the torch reference (LAPACK's eigh beats an O(n^3 sweeps) Jacobi there).
+# blocks = 64 KiB): n <= 64. On CPU the op itself takes any n, but above 64 the torch reference (BLAS Gram and
+# apply) is faster (measured, 1 thread, 64 x 1152 x 128 float32 accurate: 691 ms compiled vs 409 ms torch), so
+# the backend declines there and the reference serves.
 GRAM_EIGH_MAX_N = 64
 # cholqr2: the n x n factors live in global (L2-resident) memory on CUDA; Jacobi SVD sweeps grow as n^3.
 CHOLQR2_MAX_N = 256
