@@ -291,3 +291,11 @@ def test_backend_selection_and_reasons():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="backend='cuda' cannot run"):
             orthokern.polar(small, method="cholqr2", backend="cuda")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cholqr2_polar_float64_contract_at_large_m_n(device):
+    # E ~ shift / 2 on the significant directions: the second pass's shift must be sized by ||Q1^T Q1||_2 ~ 1,
+    # not by its trace ~ n (that gave E = 1.3e-8 here, over the float64 bound).
+    G = random_matrix(2, 1152, 128, "decaying", dtype=torch.float64, seed=17, device=device)
+    assert accuracy(G, cholqr2_op(G)).E <= E_BOUND[torch.float64]

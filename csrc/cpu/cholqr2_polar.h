@@ -2,8 +2,9 @@
 // orthokern/reference/cholqr2.py, all in double:
 //   X = 2^-e G (||X||_F in [0.5, 1)),  A1 = X^T X + s1 I, R1 = chol(A1), Q1 = X R1^-1,
 //   A2 = Q1^T Q1 + s2 I, R2 = chol(A2),  R = R2 R1,  O = Q1 R2^-1 polar_k(R)
-// with s = 11 (m n + n (n + 1)) u trace(A) (Fukaya et al. 2020; trace >= ||A||_2 for a PSD A), which makes the
-// Cholesky succeed on any finite input, rank-deficient and zero included.
+// with s = 11 (m n + n (n + 1)) u ||A||_2 (Fukaya et al. 2020), ||A||_2 bounded above by min(trace, max row sum)
+// (the reference takes the trace), which makes the Cholesky succeed on any finite input, rank-deficient and zero
+// included.
 //
 // polar_k(R) comes from a one-sided Jacobi SVD of R^T (rows of R): it works on R itself, so the significant
 // singular vectors carry an error near eps * cond rather than the eps * cond^2 of an eigensolver on R^T R, and the
@@ -24,9 +25,9 @@ namespace cpu {
 constexpr int kSvdJacobiMaxSweeps = 40;
 constexpr double kUnitRoundoff64 = 1.1102230246251565e-16;  // 2^-53
 
-inline double cholqr_shift(double trace, int64_t m, int64_t n) {
-  if (!(trace > 0)) trace = 1.0;
-  return 11.0 * double(m * n + n * (n + 1)) * kUnitRoundoff64 * trace;
+inline double cholqr_shift(double norm2, int64_t m, int64_t n) {
+  if (!(norm2 > 0)) norm2 = 1.0;  // a zero matrix still factors: R = sqrt(s) I
+  return 11.0 * double(m * n + n * (n + 1)) * kUnitRoundoff64 * norm2;
 }
 
 // Upper Cholesky factor R (R^T R = A) of the symmetric n x n A (upper triangle read), in place into R.
@@ -61,10 +62,24 @@ ORTHOKERN_CPU_CLONES inline void solve_rows_upper(double* X, const double* R, in
   }
 }
 
+// An upper bound on ||A||_2 for the symmetric PSD A (upper triangle set): min(trace, largest absolute row sum).
+// The reference uses the trace; on the second pass A = Q1^T Q1 is close to I, whose trace n overestimates
+// ||A||_2 = 1 by n, and that shift then perturbs the significant directions by ~s/2 (measured: E = 1.3e-8 in
+// float64 at 1152 x 128, over the 1e-8 contract). The row-sum (Gershgorin) bound is as safe and tight there.
+inline double psd_norm2_bound(const double* A, int64_t n, double trace) {
+  double rmax = 0;
+  for (int64_t a = 0; a < n; ++a) {
+    double r = 0;
+    for (int64_t b = 0; b < n; ++b) r += std::abs(b >= a ? A[a * n + b] : A[b * n + a]);
+    rmax = std::max(rmax, r);
+  }
+  return std::min(trace, rmax);
+}
+
 // Shifted Cholesky of X^T X: R (n x n upper), with A as scratch.
 inline void shifted_cholqr_factor(const double* X, int64_t m, int64_t n, double* A, double* R, double* xrow) {
   const double tr = gram_upper_unscaled<double, double>(X, m, n, A, xrow);
-  const double s = cholqr_shift(tr, m, n);
+  const double s = cholqr_shift(psd_norm2_bound(A, n, tr), m, n);
   for (int64_t a = 0; a < n; ++a) A[a * n + a] += s;
   cholesky_upper(A, R, n, s);
 }
@@ -111,7 +126,7 @@ void cholqr2_polar_one(const In* G, In* O, int64_t m, int64_t n, double rcond, d
       Ut[a * n + b] = b >= a ? s : 0.0;
     }
   // R^T V = U Sigma  =>  R = V Sigma U^T, polar(R) = V U^T; rows of Ut are (U Sigma)^T, rows of Vt are V^T.
-  one_sided_jacobi_rows(Ut, Vt, n, kSvdJacobiMaxSweeps);
+  one_sided_jacobi_rows(Ut, Vt, n, kSvdJacobiMaxSweeps, sigma);  // sigma: scratch until set below
   double smax = 0;
   for (int64_t j = 0; j < n; ++j) {
     double s = 0;

@@ -2,8 +2,8 @@
 // (torch-free). Same numerics as orthokern/reference/cholqr2.py, everything in double:
 //   X = 2^-e G (||X||_F in [0.5, 1)),  A1 = X^T X + s1 I,  R1 = chol(A1),  Q1 = X R1^-1,
 //   A2 = Q1^T Q1 + s2 I,  R2 = chol(A2),  R = R2 R1,  O = Q1 R2^-1 polar_k(R)
-// with s = 11 (m n + n (n + 1)) u trace(A) (Fukaya et al. 2020), so the Cholesky never breaks down on finite
-// input, rank-deficient and zero included. polar_k(R) comes from a one-sided Jacobi SVD of R^T in parallel
+// with s = 11 (m n + n (n + 1)) u ||A||_2 (Fukaya et al. 2020; ||A||_2 bounded by min(trace, max row sum)), so the
+// Cholesky never breaks down on finite input, rank-deficient and zero included. polar_k(R) comes from a one-sided Jacobi SVD of R^T in parallel
 // order (it works on R itself: no squaring of the condition number, singular values to high relative accuracy).
 //
 // The n x n factors do not fit in shared memory for n up to 256 (512 KiB in double), so this is a pipeline of
@@ -101,10 +101,19 @@ __global__ void __launch_bounds__(kCholqrThreads)
   const int64_t b = blockIdx.x, nn = int64_t(n) * n;
   const double* a = A + b * nn;
   double* r = R + b * nn;
-  double tr = 0.0;
-  for (int k = threadIdx.x; k < n; k += blockDim.x) tr += a[k * n + k];
+  // ||A||_2 <= min(trace, largest absolute row sum): the row sum is the tight one on the second pass, where
+  // A = Q1^T Q1 is near I and the trace n would make the shift perturb the result by ~n u (m n + n^2).
+  double tr = 0.0, rmax = 0.0;
+  for (int k = threadIdx.x; k < n; k += blockDim.x) {
+    tr += a[k * n + k];
+    double r = 0.0;
+    for (int c = 0; c < n; ++c) r += fabs(a[k * n + c]);
+    rmax = fmax(rmax, r);
+  }
   tr = block_reduce(tr, SumOp(), red);
-  const double s = 11.0 * (double(m) * n + double(n) * (n + 1)) * kUnitRoundoff64 * (tr > 0.0 ? tr : 1.0);
+  rmax = block_reduce(rmax, MaxOp(), red);
+  const double norm2 = fmin(tr, rmax);
+  const double s = 11.0 * (double(m) * n + double(n) * (n + 1)) * kUnitRoundoff64 * (norm2 > 0.0 ? norm2 : 1.0);
   for (int idx = threadIdx.x; idx < n * n; idx += blockDim.x) {
     const int i = idx / n, j = idx - i * n;
     r[idx] = j < i ? 0.0 : a[idx] + (i == j ? s : 0.0);
