@@ -55,9 +55,12 @@ def _extensions_and_cmdclass():
         )
     archs = os.environ.get("ORTHOKERN_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0"
 
-    sources = [os.path.join("csrc", "orthokern.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    def rel_glob(pattern):  # relative to this file, as setuptools wants relative source paths
+        return sorted(glob.glob(pattern, root_dir=HERE))
+
+    sources = [os.path.join("csrc", "orthokern.cpp")] + rel_glob(os.path.join("csrc", "cpu", "*.cpp"))
     # The kernel sources are C++17; the language standard itself is left to cpp_extension, which passes the one
-    # the installed torch's headers need (C++17 up to torch 2.9, C++20 since).
+    # the installed torch's headers need (C++20 for torch 2.13).
     cxx = ["-O3"]
     # No --use_fast_math: the Jacobi rotations and rsqrt thresholds need IEEE division and sqrt.
     nvcc = ["-O3"]
@@ -65,7 +68,7 @@ def _extensions_and_cmdclass():
     if with_cuda:
         # cpp_extension reads TORCH_CUDA_ARCH_LIST to pick the -gencode flags.
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "ops_*.cu")))
+        sources += rel_glob(os.path.join("csrc", "cuda", "ops_*.cu"))
         define_macros.append(("ORTHOKERN_WITH_CUDA", "1"))
         ext_cls = cpp_extension.CUDAExtension
     else:
