@@ -1,0 +1,39 @@
+// The op schemas of orthokern (declared once here; CPU kernels in cpu/ops_cpu.cpp, CUDA ones in cuda/ops_cuda.cu)
+// and the minimal Python module that loads them: the ops are reached as torch.ops.orthokern.*, the module itself
+// only says whether the CUDA kernels were compiled in (orthokern._backends reads orthokern._C.WITH_CUDA).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(orthokern, m) {
+  // Batched symmetric eigensolver (Jacobi) for (..., n, n): ascending eigenvalues and eigenvectors as columns,
+  // like torch.linalg.eigh (lower triangle read). float32/float64; n <= 64 on CUDA.
+  m.def("eigh_small(Tensor A) -> (Tensor eigenvalues, Tensor eigenvectors)");
+  // Fused Gram + Jacobi eigh polar factor of (B, m, n), n <= 64 on CUDA; numerics of reference/gram_eigh.py
+  // (accurate: Gram and eigh in float64; fast: float32). Output in G's dtype; non-finite matrices -> NaN.
+  m.def("gram_eigh_polar(Tensor G, float rcond, bool accurate) -> Tensor");
+  // Shifted CholeskyQR2 (float64) + polar factor of the small R by one-sided Jacobi SVD, (B, m, n) with m >= n,
+  // n <= 256 on CUDA; numerics of reference/cholqr2.py.
+  m.def("cholqr2_polar(Tensor G, float rcond) -> Tensor");
+}
+
+#ifdef ORTHOKERN_WITH_CUDA
+static constexpr bool kWithCuda = true;
+#else
+static constexpr bool kWithCuda = false;
+#endif
+
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "orthokern compiled ops: use torch.ops.orthokern.*", -1, nullptr,
+  };
+  PyObject* m = PyModule_Create(&module_def);
+  if (m == nullptr) return nullptr;
+  PyObject* flag = kWithCuda ? Py_True : Py_False;
+  Py_INCREF(flag);
+  if (PyModule_AddObject(m, "WITH_CUDA", flag) < 0) {
+    Py_DECREF(flag);
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}

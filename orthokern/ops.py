@@ -1,0 +1,55 @@
+"""Fake (meta) kernels of the compiled ops ``torch.ops.orthokern.*``, so that ``torch.compile(fullgraph=True)``
+and other tracers can run them on shapes alone.
+
+Imported by ``orthokern._cpp_backend`` once ``orthokern._C`` has loaded (import it yourself to call the ops
+directly under ``torch.compile``). Registers nothing when the extension is not built: the ops then do not exist.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._backends import compiled_extension
+
+_FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_polar_input(op: str, G: torch.Tensor, rcond: float) -> None:
+    torch._check(G.dim() == 3, lambda: f"{op}: G must be a batch of matrices (B, m, n), got shape {tuple(G.shape)}")
+    torch._check(
+        G.dtype in _FLOAT_DTYPES, lambda: f"{op}: G must be float64, float32, bfloat16 or float16, got {G.dtype}"
+    )
+    torch._check(0.0 <= rcond < 1.0, lambda: f"{op}: rcond must be in [0, 1), got {rcond}")
+
+
+def _register() -> bool:
+    mod, _ = compiled_extension()
+    if mod is None:
+        return False
+
+    @torch.library.register_fake("orthokern::eigh_small")
+    def _eigh_small_fake(A):
+        torch._check(
+            A.dim() >= 2 and A.shape[-1] == A.shape[-2],
+            lambda: f"eigh_small: A must be a batch of square matrices (..., n, n), got shape {tuple(A.shape)}",
+        )
+        torch._check(
+            A.dtype in (torch.float32, torch.float64),
+            lambda: f"eigh_small: A must be float32 or float64, got {A.dtype}",
+        )
+        return A.new_empty(A.shape[:-1]), A.new_empty(A.shape)
+
+    @torch.library.register_fake("orthokern::gram_eigh_polar")
+    def _gram_eigh_polar_fake(G, rcond, accurate):
+        _check_polar_input("gram_eigh_polar", G, rcond)
+        return G.new_empty(G.shape)
+
+    @torch.library.register_fake("orthokern::cholqr2_polar")
+    def _cholqr2_polar_fake(G, rcond):
+        _check_polar_input("cholqr2_polar", G, rcond)
+        torch._check(G.shape[1] >= G.shape[2], lambda: f"cholqr2_polar: G must be tall (m >= n), got {tuple(G.shape)}")
+        return G.new_empty(G.shape)
+
+    return True
+
+
+REGISTERED = _register()
