@@ -56,5 +56,10 @@ def cholqr2_compiled(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -
 
 register("gram_eigh", "cpp", why_not=_cpp_why_not(GRAM_EIGH_MAX_N, "gram_eigh"))(gram_eigh_compiled)
 register("gram_eigh", "cuda", why_not=_cuda_why_not(GRAM_EIGH_MAX_N, "gram_eigh"))(gram_eigh_compiled)
-register("cholqr2", "cpp", why_not=_cpp_why_not(CHOLQR2_MAX_N, "cholqr2"))(cholqr2_compiled)
+# On CPU the compiled cholqr2 loses to the torch reference (LAPACK SVD of R) from n = 64 on: measured, float32, 1
+# thread: 256 x 576 x 64 944 ms compiled vs 662 ms torch, 64 x 1152 x 128 1629 vs 857 ms; 1024 x 256 x 32 538 vs
+# 572 ms. backend=None therefore takes it only for n < 64.
+register(
+    "cholqr2", "cpp", why_not=_cpp_why_not(CHOLQR2_MAX_N, "cholqr2"), prefer=lambda G: G.shape[-1] < 64
+)(cholqr2_compiled)
 register("cholqr2", "cuda", why_not=_cuda_why_not(CHOLQR2_MAX_N, "cholqr2"))(cholqr2_compiled)

@@ -34,12 +34,20 @@ class Impl:
     # Returns None when the implementation can run on this input, else a reason it cannot
     # ("not built", "no GPU", "n > 64 is not supported by the fused kernel", ...).
     why_not: Callable[[torch.Tensor], Optional[str]]
+    # For backend=None only: False where the implementation can run but a later one in _PREFERENCE is
+    # measured faster (an explicit backend= still gets it).
+    prefer: Optional[Callable[[torch.Tensor], bool]] = None
 
 
 _TABLE: dict[tuple[str, str], Impl] = {}
 
 
-def register(method: str, backend: str, why_not: Callable[[torch.Tensor], Optional[str]]):
+def register(
+    method: str,
+    backend: str,
+    why_not: Callable[[torch.Tensor], Optional[str]],
+    prefer: Optional[Callable[[torch.Tensor], bool]] = None,
+):
     """Decorator: ``@register("gram_eigh", "cpp", why_not=...)`` over an :data:`ImplFn`."""
     if method not in METHODS or method == "auto":
         raise ValueError(f"register: method must be one of {METHODS[1:]}, got {method!r}")
@@ -47,7 +55,7 @@ def register(method: str, backend: str, why_not: Callable[[torch.Tensor], Option
         raise ValueError(f"register: backend must be one of {BACKENDS}, got {backend!r}")
 
     def deco(fn: ImplFn) -> ImplFn:
-        _TABLE[(method, backend)] = Impl(method, backend, fn, why_not)
+        _TABLE[(method, backend)] = Impl(method, backend, fn, why_not, prefer)
         return fn
 
     return deco
@@ -82,9 +90,9 @@ def resolve(method: str, backend: Optional[str], G: torch.Tensor) -> Impl:
             # the best choice there, so only an explicit backend="triton" gets it.
             continue
         reason = impl.why_not(G)
-        if reason is None:
+        if reason is None and (impl.prefer is None or impl.prefer(G)):
             return impl
-        reasons.append(f"{impl.backend}: {reason}")
+        reasons.append(f"{impl.backend}: {reason or 'slower than the next backend here'}")
     raise RuntimeError(f"polar: no implementation of method={method!r} can run here ({'; '.join(reasons)})")
 
 
