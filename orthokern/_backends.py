@@ -5,8 +5,8 @@ backend is missing ("not built", "no GPU", "Triton missing") rather than only th
 """
 from __future__ import annotations
 
-import functools
 import importlib
+import importlib.util
 import os
 import warnings
 from typing import Optional
@@ -14,9 +14,7 @@ from typing import Optional
 import torch
 
 
-@functools.lru_cache(maxsize=None)
-def compiled_extension() -> tuple[Optional[object], Optional[str]]:
-    """(module, None) when ``orthokern._C`` loaded, else (None, reason)."""
+def _probe_extension() -> tuple[Optional[object], Optional[str]]:
     try:
         mod = importlib.import_module("orthokern._C")
     except ImportError as e:  # built without a compiler, or against another torch
@@ -28,6 +26,28 @@ def compiled_extension() -> tuple[Optional[object], Optional[str]]:
             reason = f"orthokern._C failed to load ({e}); rebuild it against the installed torch"
         return None, reason
     return mod, None
+
+
+def _probe_triton() -> Optional[str]:
+    # find_spec, not import: importing Triton costs a second, which a CPU-only user should not pay.
+    try:
+        found = importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else "Triton is not installed (pip install triton)"
+
+
+# Probed once, at import: the why_not checks run inside polar(), which torch.compile traces, and dynamo cannot
+# trace imports (nor does it honour functools.lru_cache), so they must only read these module constants.
+_EXTENSION, _EXTENSION_REASON = _probe_extension()
+_TRITON_REASON = _probe_triton()
+# Triton reads TRITON_INTERPRET when it is imported, so a later change of the variable has no effect anyway.
+_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def compiled_extension() -> tuple[Optional[object], Optional[str]]:
+    """(module, None) when ``orthokern._C`` loaded, else (None, reason)."""
+    return _EXTENSION, _EXTENSION_REASON
 
 
 def _warn_once_no_extension() -> None:
@@ -56,16 +76,11 @@ def cuda_ops_built() -> Optional[str]:
 
 
 def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _TRITON_INTERPRET
 
 
-@functools.lru_cache(maxsize=None)
 def triton_import_error() -> Optional[str]:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "Triton is not installed (pip install triton)"
-    return None
+    return _TRITON_REASON
 
 
 def triton_why_not(device: torch.device) -> Optional[str]:

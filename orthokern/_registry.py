@@ -105,6 +105,6 @@ def _load_backends() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import reference  # noqa: F401  (always available)
-    from . import _cpp_backend  # noqa: F401
-    from . import _triton_backend  # noqa: F401
+    from . import _backends, _cpp_backend, _triton_backend, reference  # noqa: F401  (each registers itself)
+
+    _backends._warn_once_no_extension()

@@ -4,7 +4,7 @@ Both follow the pure-torch reference (``orthokern/reference``): only the matmul-
 (through the ops ``torch.ops.orthokern.triton_*``), with the reference's scaling, zero -> zero, NaN in -> NaN
 out and output dtype. One deliberate difference: accurate-mode newton_schulz on tall matrices (m >= 8n)
 iterates on the n x n Gram side in float64 (see ``_newton_schulz_gram_side``). Nothing here synchronises with
-the device. Triton is imported only when a Triton implementation is asked for on a device it can run on.
+the device. Triton is imported only where it can run (a GPU, or TRITON_INTERPRET=1), once, when the backends load.
 """
 from __future__ import annotations
 
@@ -52,30 +52,40 @@ def _load_kernels():
     return mod
 
 
-_kernels_cache: list = []
+def _load_kernels_if_usable() -> tuple[Optional[object], Optional[str]]:
+    """(module, None) or (None, why not), decided once at import.
+
+    Loaded eagerly when Triton can run here at all (a GPU, or the interpreter), so that nothing is imported
+    while torch.compile traces polar(); elsewhere nothing is imported and the backend reports why.
+    """
+    reason = _backends.triton_import_error()
+    if reason is not None:
+        return None, reason
+    if not (torch.cuda.is_available() or _backends.triton_interpret()):
+        return None, "no GPU for Triton (and TRITON_INTERPRET is not set)"
+    mod = _load_kernels()
+    if mod is None:
+        return None, "orthokern.triton_kernels is missing from this installation"
+    if not mod.AVAILABLE:
+        return None, mod.IMPORT_ERROR
+    return mod, None
+
+
+_KERNELS, _KERNELS_REASON = _load_kernels_if_usable()
 
 
 def kernels():
-    """The kernels package (loaded once); raises RuntimeError when it cannot be used."""
-    if not _kernels_cache:
-        _kernels_cache.append(_load_kernels())
-    mod = _kernels_cache[0]
-    if mod is None:
-        raise RuntimeError("orthokern.triton_kernels is missing from this installation")
-    if not mod.AVAILABLE:
-        raise RuntimeError(mod.IMPORT_ERROR)
-    return mod
+    """The kernels package; raises RuntimeError when it cannot be used."""
+    if _KERNELS is None:
+        raise RuntimeError(_KERNELS_REASON)
+    return _KERNELS
 
 
 def why_not(G: torch.Tensor) -> Optional[str]:
     reason = _backends.triton_why_not(G.device)
     if reason is not None:
         return reason
-    try:
-        kernels()
-    except RuntimeError as e:
-        return str(e)
-    return None
+    return _KERNELS_REASON
 
 
 def _ops():

@@ -79,7 +79,7 @@ def method_flops(method: str, mode: str, case: Case, device_type: str = "cuda") 
     mn2, n3 = float(B) * m * n * n, float(B) * n**3
     cdt = _compute_dtype(case.dtype)
     if method == "auto":
-        method = _auto.choose(_Probe((B, m, n), device_type), mode)
+        method = _auto.choose(m, n, device_type, mode)
     if method in ("svd", "torch_svd"):
         # R-SVD with U_1 and V (Golub & Van Loan, table 8.6.1): 6 m n^2 + 20 n^3, plus U V^T.
         return [(6 * mn2 + 20 * n3 + 2 * mn2, cdt)]
@@ -107,14 +107,6 @@ def method_flops(method: str, mode: str, case: Case, device_type: str = "cuda") 
 
 def _eps(dtype: torch.dtype) -> float:
     return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
-
-
-class _Probe:
-    """Stands in for a tensor in ``_auto.choose`` (it reads only .shape and .device.type) without allocating."""
-
-    def __init__(self, shape, device_type):
-        self.shape = torch.Size(shape)
-        self.device = torch.device(device_type)
 
 
 def floor_seconds(rates: DeviceRates, method: str, mode: str, case: Case) -> float:
