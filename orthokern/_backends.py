@@ -24,6 +24,14 @@ def _probe_extension() -> tuple[Optional[object], Optional[str]]:
         )
         if "undefined symbol" in str(e) or "version" in str(e):
             reason = f"orthokern._C failed to load ({e}); rebuild it against the installed torch"
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.isfile(os.path.join(checkout, "setup.py")):
+            # Python put the source checkout first on sys.path (`python -m ...` or `python -c` run from the
+            # repository), which shadows the installed package and its compiled extension.
+            reason = (
+                f"orthokern is imported from the source checkout {checkout}, which has no built extension: run "
+                "from another directory or with `python -P`, or build in place (python setup.py build_ext --inplace)"
+            )
         return None, reason
     return mod, None
 
