@@ -42,19 +42,21 @@ def torch_svd(G: torch.Tensor) -> torch.Tensor:
 
 def muon_ns5_batched(G: torch.Tensor, steps: int = MUON_STEPS) -> torch.Tensor:
     """Muon's quintic on a batch: wide orientation (the small Gram X X^T), bfloat16 throughout."""
-    a, b, c = ns_schedule.MUON_QUINTIC
     X = G.bfloat16()
-    tall = G.shape[-2] > G.shape[-1]
+    X = X / torch.linalg.matrix_norm(X).clamp(min=MUON_EPS)[:, None, None]
+    return _iterate_wide(X, [ns_schedule.MUON_QUINTIC] * steps).to(G.dtype)
+
+
+def _iterate_wide(X: torch.Tensor, coeffs) -> torch.Tensor:
+    """X <- a X + (b A + c A^2) X with A = X X^T on the wide orientation (the small Gram), per (a, b, c)."""
+    tall = X.shape[-2] > X.shape[-1]
     if tall:
         X = X.mT
-    X = X / torch.linalg.matrix_norm(X).clamp(min=MUON_EPS)[:, None, None]
-    for _ in range(steps):
+    for a, b, c in coeffs:
         A = X @ X.mT
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
         X = torch.baddbmm(X, B, X, beta=a)
-    if tall:
-        X = X.mT
-    return X.to(G.dtype)
+    return X.mT if tall else X
 
 
 def muon_ns5(G: torch.Tensor) -> torch.Tensor:
@@ -74,17 +76,8 @@ def polar_express(G: torch.Tensor) -> torch.Tensor:
     if G.dtype == torch.float16 and G.is_cuda:
         dt = torch.float16
     X = G.to(dt)
-    tall = G.shape[-2] > G.shape[-1]
-    if tall:
-        X = X.mT
     X = X / (torch.linalg.matrix_norm(X.float()) * 1.01 + 1e-7).to(dt)[:, None, None]
-    for a, b, c in ns_schedule.POLAR_EXPRESS:
-        A = X @ X.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-        X = torch.baddbmm(X, B, X, beta=a)
-    if tall:
-        X = X.mT
-    return X.to(G.dtype)
+    return _iterate_wide(X, ns_schedule.POLAR_EXPRESS).to(G.dtype)
 
 
 PEERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
