@@ -123,6 +123,11 @@ setup(
     package_dir={"orthokern.triton_kernels": "triton_kernels"},
     python_requires=">=3.11",
     install_requires=["torch>=2.11", "numpy"],
+    extras_require={
+        "triton": ["triton>=3.6"],
+        "bench": ["tqdm", "matplotlib", "pytest-benchmark"],
+        "examples": ["scikit-learn", "matplotlib", "tqdm"],
+    },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
