@@ -120,7 +120,7 @@ def available_backends(device: Optional[torch.device | str] = None) -> list[str]
 
 
 def info() -> dict:
-    """A summary of the build and of what can run here; printed by ``python -m orthokern.info``."""
+    """A summary of the build and of what can run here (the extension, CUDA, Triton, the backends per device)."""
     from . import _registry
 
     _registry._load_backends()
