@@ -26,3 +26,28 @@ for unit in "${units[@]}"; do
     -c "$unit" -o "$out/$(basename "$unit" .cu).o"
 done
 echo "check_cuda_sources: ${#units[@]} units compiled in $((SECONDS - start)) s"
+
+# The torch binding (csrc/cuda/ops_cuda.cu) too, where torch's headers are importable: setup.py turns a failed
+# extension build into a warning, so a broken binding would otherwise only show as a CPU-only install on a GPU
+# machine. A CPU torch wheel lacks the one header its CUDA build generates (c10/cuda/impl/cuda_cmake_macros.h);
+# an empty stand-in is enough to compile against.
+PY="${PYTHON:-python}"
+if TORCH_INC="$("$PY" -c 'from torch.utils.cpp_extension import include_paths; print(" ".join(include_paths()))' 2>/dev/null)"; then
+  mkdir -p "$out/stub/c10/cuda/impl"
+  [[ -f "$out/stub/c10/cuda/impl/cuda_cmake_macros.h" ]] || echo '#pragma once' > "$out/stub/c10/cuda/impl/cuda_cmake_macros.h"
+  PY_INC="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  incs=(-I"$out/stub")
+  for d in $TORCH_INC; do incs+=(-I"$d"); done
+  start=$SECONDS
+  echo "  nvcc -c csrc/cuda/ops_cuda.cu (torch binding, sm_90)"
+  # torch's own headers warn by the hundred under nvcc: show the log only if the compile fails.
+  if ! "$NVCC" -std=c++20 -O1 -Icsrc "${incs[@]}" -I"$PY_INC" -DORTHOKERN_WITH_CUDA=1 -arch=sm_90 \
+      -c csrc/cuda/ops_cuda.cu -o "$out/ops_cuda.o" > "$out/ops_cuda.log" 2>&1; then
+    grep -B2 -A6 -i "error" "$out/ops_cuda.log" | head -80
+    echo "check_cuda_sources: the torch binding csrc/cuda/ops_cuda.cu failed to compile"
+    exit 1
+  fi
+  echo "check_cuda_sources: torch binding compiled in $((SECONDS - start)) s"
+else
+  echo "check_cuda_sources: torch not importable; the torch binding was not compile-checked"
+fi

@@ -20,6 +20,9 @@ from ._registry import register
 GRAM_EIGH_MAX_N = 64
 # cholqr2: the n x n factors live in global (L2-resident) memory on CUDA; Jacobi SVD sweeps grow as n^3.
 CHOLQR2_MAX_N = 256
+# CUDA kernels: cholqr2's triangular solve puts ceil(m / 256) blocks on grid axis y (<= 65535); ops_cuda.cu checks
+# the same bound (kMaxRowsCuda).
+CUDA_MAX_M = 65535 * 256
 
 if _backends.compiled_extension()[0] is not None:
     from . import ops  # noqa: F401  (fake kernels for torch.compile)
@@ -33,6 +36,8 @@ def _why_not(G: torch.Tensor, device_type: str, built: Optional[str], max_n: int
     n = G.shape[-1]
     if n > max_n:
         return f"n = {n} > {max_n} is not supported by the compiled {method} kernel"
+    if device_type == "cuda" and G.shape[-2] > CUDA_MAX_M:
+        return f"m = {G.shape[-2]} > {CUDA_MAX_M} rows is not supported by the CUDA {method} kernel"
     return None
 
 

@@ -167,6 +167,18 @@ def test_non_finite_matrix_gives_nan(op, dtype, bad, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("n", [2, 6, 33])
+def test_eigh_small_non_finite_matrix_gives_nan(bad, n, device):
+    """Jacobi's stopping rule never rotates a NaN pair: without an explicit check the result would look finite."""
+    A = random_symmetric(3, n, torch.float64, seed=9, device=device)
+    A[1, n - 1, 0] = bad
+    w, W = torch.ops.orthokern.eigh_small(A)
+    assert bool(torch.isnan(w[1]).all()) and bool(torch.isnan(W[1]).all())
+    assert bool(torch.isfinite(w[[0, 2]]).all()) and bool(torch.isfinite(W[[0, 2]]).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_bad_input_raises_with_message(device):
     G = torch.randn(2, 8, 4, device=device)
     with pytest.raises(RuntimeError, match=r"G must be a batch of matrices \(B, m, n\)"):

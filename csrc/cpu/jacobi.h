@@ -89,8 +89,18 @@ template <typename T>
 void eigh_small_one(const T* A, T* w, T* W, int64_t n, T* work /* 2 n^2 */) {
   T* a = work;
   T* vt = work + n * n;
+  bool finite = true;
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j <= i; ++j) a[i * n + j] = a[j * n + i] = A[i * n + j];
+    for (int64_t j = 0; j <= i; ++j) {
+      a[i * n + j] = a[j * n + i] = A[i * n + j];
+      finite = finite && std::isfinite(A[i * n + j]);
+    }
+  if (!finite) {
+    // The stopping rule never rotates a NaN pair, which would leave finite, plausible-looking output: say NaN.
+    std::fill(w, w + n, std::numeric_limits<T>::quiet_NaN());
+    std::fill(W, W + n * n, std::numeric_limits<T>::quiet_NaN());
+    return;
+  }
   jacobi_eigh_inplace(a, vt, n, 40);
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), int64_t(0));

@@ -187,8 +187,9 @@ cudaError_t launch_gram_eigh_polar(const In* G, In* O, int64_t batch, int m, int
                                    cudaStream_t stream) {
   const size_t smem = gram_eigh_polar_smem<GramT>(n);
   auto kernel = gram_eigh_polar_kernel<In, GramT, ApplyT>;
-  cudaError_t err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  // Per function and device, shared by every host thread: set for the largest n (see launch_eigh_small).
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(gram_eigh_polar_smem<GramT>(kMaxSmallN)));
   if (err != cudaSuccess) return err;
   kernel<<<static_cast<unsigned>(batch), small_threads(n), smem, stream>>>(G, O, m, n, rcond);
   return cudaSuccess;

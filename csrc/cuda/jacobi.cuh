@@ -141,17 +141,27 @@ __global__ void __launch_bounds__(256) eigh_small_kernel(const T* __restrict__ A
   const int ld = n + 1;
   T* sA = reinterpret_cast<T*>(smem_raw);
   T* sV = sA + n * ld;
+  __shared__ int nonfinite;
   const int64_t b = blockIdx.x;
   const T* a = A + b * n * n;
+  if (threadIdx.x == 0) nonfinite = 0;
+  __syncthreads();
   for (int idx = threadIdx.x; idx < n * n; idx += blockDim.x) {
     const int i = idx / n, j = idx - i * n;
     if (j <= i) {
       const T v = a[idx];
       sA[i * ld + j] = v;
       sA[j * ld + i] = v;
+      if (!isfinite(v)) nonfinite = 1;  // every writer stores the same value
     }
   }
   __syncthreads();
+  if (nonfinite) {
+    // The stopping rule never rotates a NaN pair, which would leave finite, plausible-looking output: say NaN.
+    for (int j = threadIdx.x; j < n; j += blockDim.x) w[b * n + j] = T(NAN);
+    for (int idx = threadIdx.x; idx < n * n; idx += blockDim.x) W[b * n * n + idx] = T(NAN);
+    return;
+  }
   block_jacobi_eigh(sA, sV, n, ld, js, kJacobiMaxSweeps);
   if (threadIdx.x == 0) {
     // Selection sort of at most 64 indices by eigenvalue; NaN compares false and keeps its place.
@@ -178,8 +188,11 @@ __global__ void __launch_bounds__(256) eigh_small_kernel(const T* __restrict__ A
 template <typename T>
 cudaError_t launch_eigh_small(const T* A, T* w, T* W, int64_t batch, int n, cudaStream_t stream) {
   const size_t smem = size_t(2) * n * (n + 1) * sizeof(T);
+  // The attribute is per function and device, shared by every host thread: set it for the largest n, not for
+  // this call's, so a concurrent launch with a larger n is never refused.
+  const size_t smem_max = size_t(2) * kMaxSmallN * (kMaxSmallN + 1) * sizeof(T);
   cudaError_t err = cudaFuncSetAttribute(eigh_small_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
+                                         static_cast<int>(smem_max));
   if (err != cudaSuccess) return err;
   eigh_small_kernel<T><<<static_cast<unsigned>(batch), small_threads(n), smem, stream>>>(A, w, W, n);
   return cudaSuccess;

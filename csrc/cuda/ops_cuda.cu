@@ -16,6 +16,8 @@
 #include "cuda/jacobi.cuh"
 
 namespace orthokern {
+
+constexpr int64_t kMaxRowsCuda = int64_t(65535) * 256;  // keep in step with _cpp_backend.CUDA_MAX_M
 namespace {
 
 // c10 half types are layout-compatible with CUDA's; the kernels take the CUDA ones.
@@ -40,8 +42,10 @@ void check_polar_input(const char* op, const at::Tensor& G, double rcond, int64_
   TORCH_CHECK(G.is_cuda(), op, ": the CUDA kernel got G on ", G.device());
   TORCH_CHECK(rcond >= 0.0 && rcond < 1.0, op, ": rcond must be in [0, 1), got ", rcond);
   TORCH_CHECK(G.size(2) <= max_n, op, ": n = ", G.size(2), " > ", max_n, " is not supported by the CUDA kernel");
-  TORCH_CHECK(G.size(1) <= std::numeric_limits<int>::max() && G.size(0) <= std::numeric_limits<int>::max(), op,
-              ": G is too large (B and m must fit in int32), got shape ", G.sizes());
+  // m: the row loops step an int by up to 32 past m, and cholqr2's triangular solve puts ceil(m / 256) blocks on
+  // grid axis y (at most 65535).
+  TORCH_CHECK(G.size(1) <= kMaxRowsCuda && G.size(0) <= std::numeric_limits<int>::max(), op,
+              ": G is too large (B must fit in int32 and m <= ", kMaxRowsCuda, "), got shape ", G.sizes());
 }
 
 std::tuple<at::Tensor, at::Tensor> eigh_small_cuda(const at::Tensor& A) {
