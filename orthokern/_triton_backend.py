@@ -81,10 +81,16 @@ def kernels():
     return _KERNELS
 
 
+# The kernels index within one matrix in int32 (the batch offset is int64).
+MAX_ELEMENTS_PER_MATRIX = 2**31 - 1
+
+
 def why_not(G: torch.Tensor) -> Optional[str]:
     reason = _backends.triton_why_not(G.device)
     if reason is not None:
         return reason
+    if G.shape[-2] * G.shape[-1] > MAX_ELEMENTS_PER_MATRIX:
+        return f"a {G.shape[-2]} x {G.shape[-1]} matrix exceeds the kernels' int32 indexing (2^31 elements)"
     return _KERNELS_REASON
 
 

@@ -55,6 +55,16 @@ def _gram_kernel_f64(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, 
 
 
 @triton.jit
+def _to_f64(x):
+    """x in float64 for an fp64 tl.dot. For 16-bit x, Triton < 3.9 sizes the MMA operand from the 16-bit load
+    (kWidth 2) and then fails to lower the fp64 MMA; a reduction over a unit axis hides the load's width."""
+    y = x.to(tl.float64)
+    if x.dtype.primitive_bitwidth < 32:
+        y = tl.sum(tl.reshape(y, (x.shape[0], x.shape[1], 1)), axis=2)
+    return y
+
+
+@triton.jit
 def _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS,
                HAS_SCALE: tl.constexpr, ACC_F64: tl.constexpr, PRECISION: tl.constexpr,
                PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -95,9 +105,9 @@ def _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS,
                 gi = (gi * s).to(G.dtype.element_ty)
                 gj = (gj * s).to(G.dtype.element_ty)
             if ACC_F64:
-                gi = gi.to(tl.float64)
-                gj = gj.to(tl.float64)
-            acc = tl.dot(tl.trans(gi), gj, acc, input_precision=PRECISION)
+                gi = _to_f64(gi)
+                gj = _to_f64(gj)
+            acc = tl.dot(tl.trans(gi), gj, acc, input_precision=PRECISION, out_dtype=acc.dtype)
         if PARTIAL:
             nn = N * N
             P = OUT + (b.to(tl.int64) * SPLITS + pid_s) * nn
@@ -117,13 +127,17 @@ def _reduce_splits_kernel(P, OUT, N, SPLITS, N_BUCKET, BLOCK_N: tl.constexpr):
     if ti <= tj:
         ri = ti * BLOCK_N + tl.arange(0, BLOCK_N)
         rj = tj * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask = (ri[:, None] < N) & (rj[None, :] < N)
+        # Upper triangle only: the Gram kernel's tiles may be smaller than this one, so below the diagonal of a
+        # diagonal tile lie partials nobody wrote (store_symmetric reads only the upper half anyway).
+        mask = (ri[:, None] < N) & (rj[None, :] < N) & (ri[:, None] <= rj[None, :])
         nn = N * N
         base = P + b.to(tl.int64) * SPLITS * nn + ri[:, None] * N + rj[None, :]
         acc = tl.load(base, mask=mask, other=0.0)
         # Fixed order 0, 1, ..., SPLITS-1: the deterministic replacement for atomics.
-        for s in range(1, SPLITS):
-            acc += tl.load(base + s * nn, mask=mask, other=0.0)
+        # The pointer advances by N*N per split (64-bit pointer arithmetic; s * N*N in int32 could overflow).
+        for _ in range(1, SPLITS):
+            base += nn
+            acc += tl.load(base, mask=mask, other=0.0)
         store_symmetric(OUT + b.to(tl.int64) * nn, N, ri, rj, acc)
 
 

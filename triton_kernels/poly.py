@@ -24,7 +24,7 @@ def _make(f64: bool):
         prune_configs_by={"early_config_prune": _configs.prune_by_n},
     )
     @triton.jit
-    def _sym_poly_kernel(A, OUT, N, b_coef, c_coef, N_BUCKET, DTYPE_KEY, ACC_F64: tl.constexpr,
+    def _sym_poly_kernel(A, OUT, N, b_coef: tl.float64, c_coef: tl.float64, N_BUCKET, DTYPE_KEY, ACC_F64: tl.constexpr,
                          PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_t = tl.program_id(0)
         bi = tl.program_id(1)
@@ -47,7 +47,7 @@ def _make(f64: bool):
                             other=0.0)
                 y = tl.load(base + kk[:, None] * N + rj[None, :], mask=(kk[:, None] < N) & (rj[None, :] < N),
                             other=0.0)
-                acc = tl.dot(x, y, acc, input_precision=PRECISION)
+                acc = tl.dot(x, y, acc, input_precision=PRECISION, out_dtype=acc.dtype)
             a = tl.load(base + ri[:, None] * N + rj[None, :], mask=(ri[:, None] < N) & (rj[None, :] < N),
                         other=0.0).to(acc.dtype)
             store_symmetric(OUT + bi.to(tl.int64) * N * N, N, ri, rj, b_coef * a + c_coef * acc)

@@ -17,6 +17,7 @@ import triton.language as tl
 from . import _configs
 from . import _common
 from ._common import bucket, dot_precision
+from .gram import _to_f64
 
 
 def _make(f64: bool):
@@ -26,7 +27,7 @@ def _make(f64: bool):
         prune_configs_by={"early_config_prune": _configs.prune_by_n},
     )
     @triton.jit
-    def _apply_kernel(G, MAT, SCALE, OUT, M, N, stride_b, stride_m, stride_n, alpha, beta, N_BUCKET, M_BUCKET,
+    def _apply_kernel(G, MAT, SCALE, OUT, M, N, stride_b, stride_m, stride_n, alpha: tl.float64, beta: tl.float64, N_BUCKET, M_BUCKET,
                       DTYPE_KEY, HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr, ACC_F64: tl.constexpr,
                       PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr):
@@ -49,13 +50,17 @@ def _make(f64: bool):
         for k in range(0, N, BLOCK_K):
             kk = k + rk
             g = tl.load(gbase + rm[:, None] * stride_m + kk[None, :] * stride_n,
-                        mask=(rm[:, None] < M) & (kk[None, :] < N), other=0.0).to(MAT.dtype.element_ty)
+                        mask=(rm[:, None] < M) & (kk[None, :] < N), other=0.0)
+            if ACC_F64:
+                g = _to_f64(g)
+            else:
+                g = g.to(MAT.dtype.element_ty)
             if HAS_SCALE:
                 # Scaled on load, not in the epilogue: raw G @ Mat could overflow where (s G) @ Mat does not.
                 g = (g * s).to(MAT.dtype.element_ty)
             w = tl.load(mbase + kk[:, None] * N + rn[None, :], mask=(kk[:, None] < N) & (rn[None, :] < N),
                         other=0.0)
-            acc = tl.dot(g, w, acc, input_precision=PRECISION)
+            acc = tl.dot(g, w, acc, input_precision=PRECISION, out_dtype=acc.dtype)
         acc = acc * beta
         omask = (rm[:, None] < M) & (rn[None, :] < N)
         if HAS_RES:
