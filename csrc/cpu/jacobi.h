@@ -37,6 +37,16 @@ inline bool jacobi_needs_rotation(T app, T aqq, T apq) {
   return std::abs(apq) > eps * scale && apq != T(0);
 }
 
+// (x, y) <- (c x - s y, s x + c y) on two rows of length n: the update every Jacobi rotation applies.
+template <typename T>
+inline void rotate_rows(T* x, T* y, int64_t n, T c, T s) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T a = x[k], b = y[k];
+    x[k] = c * a - s * b;
+    y[k] = s * a + c * b;
+  }
+}
+
 // Cyclic Jacobi on the symmetric n x n row-major matrix A (both triangles set; overwritten, its diagonal ends as
 // the eigenvalues, unsorted). Vt (n x n) receives the eigenvectors as ROWS (row-wise updates are contiguous).
 // Returns the number of sweeps done (<= max_sweeps, so NaN input cannot hang it).
@@ -55,11 +65,7 @@ ORTHOKERN_CPU_CLONES int jacobi_eigh_inplace(T* A, T* Vt, int64_t n, int max_swe
         jacobi_rotation(app, aqq, apq, c, s, t);
         T* rp = A + p * n;
         T* rq = A + q * n;
-        for (int64_t k = 0; k < n; ++k) {
-          const T x = rp[k], y = rq[k];
-          rp[k] = c * x - s * y;
-          rq[k] = s * x + c * y;
-        }
+        rotate_rows(rp, rq, n, c, s);
         // The 2x2 block is set from the closed form (Rutishauser): a_pq is exactly zero, not rounding noise.
         rp[p] = app - t * apq;
         rq[q] = aqq + t * apq;
@@ -69,13 +75,7 @@ ORTHOKERN_CPU_CLONES int jacobi_eigh_inplace(T* A, T* Vt, int64_t n, int max_swe
           A[k * n + p] = rp[k];
           A[k * n + q] = rq[k];
         }
-        T* vp = Vt + p * n;
-        T* vq = Vt + q * n;
-        for (int64_t k = 0; k < n; ++k) {
-          const T x = vp[k], y = vq[k];
-          vp[k] = c * x - s * y;
-          vq[k] = s * x + c * y;
-        }
+        rotate_rows(Vt + p * n, Vt + q * n, n, c, s);
       }
     }
     if (!rotated) return sweep;
@@ -142,18 +142,8 @@ ORTHOKERN_CPU_CLONES int one_sided_jacobi_rows(T* Ut, T* Vt, int64_t n, int max_
         jacobi_rotation(alpha, beta, gamma, c, s, t);
         norms[p] = alpha - t * gamma;
         norms[q] = beta + t * gamma;
-        for (int64_t k = 0; k < n; ++k) {
-          const T x = up[k], y = uq[k];
-          up[k] = c * x - s * y;
-          uq[k] = s * x + c * y;
-        }
-        T* vp = Vt + p * n;
-        T* vq = Vt + q * n;
-        for (int64_t k = 0; k < n; ++k) {
-          const T x = vp[k], y = vq[k];
-          vp[k] = c * x - s * y;
-          vq[k] = s * x + c * y;
-        }
+        rotate_rows(up, uq, n, c, s);
+        rotate_rows(Vt + p * n, Vt + q * n, n, c, s);
       }
     }
     if (!rotated) return sweep;
