@@ -27,31 +27,22 @@ from ._common import bucket, dot_precision, sm_count
 from ._symmetric import store_symmetric
 
 
-@triton.autotune(
-    configs=_configs.gram_configs(f64=False),
-    key=["N_BUCKET", "M_BUCKET", "SPLITS", "IN_DTYPE_KEY"],
-    prune_configs_by={"early_config_prune": _configs.prune_by_n},
-)
-@triton.jit
-def _gram_kernel(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, N_BUCKET, M_BUCKET, IN_DTYPE_KEY,
-                 HAS_SCALE: tl.constexpr, ACC_F64: tl.constexpr, PRECISION: tl.constexpr,
-                 PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, HAS_SCALE, ACC_F64, PRECISION, PARTIAL,
-               BLOCK_N, BLOCK_K)
-
-
-# The fp64 variant has its own (smaller) tiles, hence its own autotuner over the same body.
-@triton.autotune(
-    configs=_configs.gram_configs(f64=True),
-    key=["N_BUCKET", "M_BUCKET", "SPLITS", "IN_DTYPE_KEY"],
-    prune_configs_by={"early_config_prune": _configs.prune_by_n},
-)
-@triton.jit
-def _gram_kernel_f64(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, N_BUCKET, M_BUCKET, IN_DTYPE_KEY,
+def _make(f64: bool):
+    # The fp64-accumulating variant has its own (smaller) tiles, hence its own autotuner over the same body
+    # (as poly.py and tall_apply.py do).
+    @triton.autotune(
+        configs=_configs.gram_configs(f64=f64),
+        key=["N_BUCKET", "M_BUCKET", "SPLITS", "IN_DTYPE_KEY"],
+        prune_configs_by={"early_config_prune": _configs.prune_by_n},
+    )
+    @triton.jit
+    def _gram_kernel(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, N_BUCKET, M_BUCKET, IN_DTYPE_KEY,
                      HAS_SCALE: tl.constexpr, ACC_F64: tl.constexpr, PRECISION: tl.constexpr,
                      PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, HAS_SCALE, ACC_F64, PRECISION, PARTIAL,
-               BLOCK_N, BLOCK_K)
+        _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, HAS_SCALE, ACC_F64, PRECISION,
+                   PARTIAL, BLOCK_N, BLOCK_K)
+
+    return _gram_kernel
 
 
 @triton.jit
@@ -114,6 +105,10 @@ def _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS,
             tl.store(P + ri[:, None] * N + rj[None, :], acc, mask=(ri[:, None] < N) & (rj[None, :] < N))
         else:
             store_symmetric(OUT + b.to(tl.int64) * N * N, N, ri, rj, acc)
+
+
+_gram_kernel = _make(False)
+_gram_kernel_f64 = _make(True)
 
 
 @triton.autotune(configs=_configs.reduce_configs(), key=["N_BUCKET", "SPLITS"])
