@@ -19,7 +19,8 @@ import torch
 from . import _backends
 from . import ns_schedule as ns
 from ._registry import register
-from .reference._common import compute_dtype, eigen_threshold, finish
+from .reference._common import compute_dtype, eigen_threshold, finish, prepare
+from .reference.newton_schulz import low_precision_dtype
 
 
 def _load_kernels():
@@ -182,27 +183,6 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) ->
     return _apply_or_nan(G, (W * inv_sqrt[..., None, :]) @ W.mT, finite, scale, _work_dtype(G))
 
 
-def _prepare(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(X, finite) as ``reference._common.prepare`` on main: G in the compute dtype, non-finite matrices
-    zeroed, scaled by the power of two that puts max |X_ij| in [0.5, 1).
-
-    Kept here rather than imported because older versions of ``prepare`` scaled by a float32 Frobenius norm,
-    which underflows to 0 for ||G|| < ~1e-19 and overflows for ||G|| > ~1e19 and then left such matrices
-    unscaled (E = 1.0 measured on a 24 x 16 float32 matrix times 1e-30).
-    """
-    dtype = compute_dtype(G.dtype)
-    X = G.to(dtype)
-    finite = torch.isfinite(X).all(dim=(-2, -1))
-    X = torch.where(finite[:, None, None], X, torch.zeros((), dtype=dtype, device=X.device))
-    _, e = torch.frexp(X.abs().amax(dim=(-2, -1)))
-    return torch.ldexp(X, -e[:, None, None].to(dtype)), finite
-
-
-def _low_dtype(G: torch.Tensor, high: torch.dtype) -> torch.dtype:
-    # As the reference: bfloat16 matmuls only on a GPU (tensor cores); the interpreter has no bf16 arithmetic.
-    return torch.bfloat16 if G.device.type == "cuda" else high
-
-
 # Accurate mode iterates on the n x n Gram side once m >= GRAM_SIDE_RATIO * n. Per step the tall iteration
 # costs ~3 m n^2 + n^3 multiply-adds in float32, the Gram-side one ~3.5 n^3 in float64 (plus one final
 # m n^2 apply); on H100/H200 spec sheets float64 (tensor core) and float32 (CUDA core, which full-precision
@@ -227,10 +207,10 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
 def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tensor:
     """Each step three fused kernels on X (m x n) (``ns_step``)."""
     ops = _ops()
-    X, finite = _prepare(G)
+    X, finite = prepare(G)
     n = X.shape[-1]
     high = X.dtype
-    low = _low_dtype(G, high) if mode == "fast" else high
+    low = low_precision_dtype(G) if mode == "fast" else high
     steps = ns.schedule(mode, float(rcond), ns.n_bucket(n), 8 * torch.finfo(high).eps)
     dts = [low if s.precision == "low" else high for s in steps] + [high]
 

@@ -232,8 +232,8 @@ def test_newton_schulz_fast_low_precision_steps(monkeypatch):
     import orthokern._triton_backend as tb
     import orthokern.reference.newton_schulz as ref
 
-    monkeypatch.setattr(tb, "_low_dtype", lambda G, high: torch.float16)
-    monkeypatch.setattr(ref, "_low_dtype", lambda G: torch.float16)
+    monkeypatch.setattr(tb, "low_precision_dtype", lambda G: torch.float16)
+    monkeypatch.setattr(ref, "low_precision_dtype", lambda G: torch.float16)
     G = random_matrix(2, 64, 32, "decaying", device=DEVICE, seed=2)
     O = _polar(G, "newton_schulz", mode="fast")
     R = orthokern.polar(G, method="newton_schulz", mode="fast", backend="torch")

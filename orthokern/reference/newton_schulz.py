@@ -15,7 +15,8 @@ from .._registry import register
 from ._common import compute_dtype, finish, prepare
 
 
-def _low_dtype(G: torch.Tensor) -> torch.dtype:
+def low_precision_dtype(G: torch.Tensor) -> torch.dtype:
+    """The matmul dtype of fast-mode steps (the Triton backend uses the same rule)."""
     # bfloat16 matmuls pay off only on tensor cores; on a CPU they are slower than float32.
     return torch.bfloat16 if G.device.type == "cuda" else compute_dtype(G.dtype)
 
@@ -26,7 +27,7 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
     tol = 8 * torch.finfo(X.dtype).eps
     steps = ns.schedule(mode, float(rcond), ns.n_bucket(n), tol)
     high = X.dtype
-    low = _low_dtype(G) if mode == "fast" else high
+    low = low_precision_dtype(G) if mode == "fast" else high
 
     # Normalise with the first step's own Gram matrix (see ns_schedule.NORM_SAFETY); it is reused by step 0.
     A = X.mT @ X
