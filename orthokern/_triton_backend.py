@@ -156,10 +156,6 @@ def _apply_or_nan(G: torch.Tensor, Mat: torch.Tensor, finite: torch.Tensor, scal
     return _ops().triton_apply(G, Mat, scale, 0.0, 1.0, G.dtype, False)
 
 
-def _work_dtype(G: torch.Tensor) -> torch.dtype:
-    return torch.float64 if G.dtype == torch.float64 else torch.float32
-
-
 def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
     """Triton Gram -> eigh of the n x n Gram -> Triton apply.
 
@@ -180,7 +176,7 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) ->
     lam, W = _eigh(A)
     keep = eigen_threshold(lam, rcond)
     inv_sqrt = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
-    return _apply_or_nan(G, (W * inv_sqrt[..., None, :]) @ W.mT, finite, scale, _work_dtype(G))
+    return _apply_or_nan(G, (W * inv_sqrt[..., None, :]) @ W.mT, finite, scale, compute_dtype(G.dtype))
 
 
 # Accurate mode iterates on the n x n Gram side once m >= GRAM_SIDE_RATIO * n. Per step the tall iteration
@@ -211,7 +207,7 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tenso
     n = X.shape[-1]
     high = X.dtype
     low = low_precision_dtype(G) if mode == "fast" else high
-    steps = ns.schedule(mode, float(rcond), ns.n_bucket(n), 8 * torch.finfo(high).eps)
+    steps = ns.steps_for(mode, rcond, n, high)
     dts = [low if s.precision == "low" else high for s in steps] + [high]
 
     # Normalisation by ||A^2||_F^{1/4} (see ns_schedule.NORM_SAFETY) from the first Gram and its square, in
@@ -248,7 +244,7 @@ def _newton_schulz_gram_side(G: torch.Tensor, mode: str, rcond: float) -> torch.
     A, finite, scale = _scaled_gram64(G)
     n = A.shape[-1]
     # The tolerance of the output dtype: more float64 steps would polish digits the apply rounds away.
-    steps = ns.schedule(mode, float(rcond), ns.n_bucket(n), 8 * torch.finfo(_work_dtype(G)).eps)
+    steps = ns.steps_for(mode, rcond, n, compute_dtype(G.dtype))
     A2 = ops.triton_sym_poly(A, 0.0, 1.0, False)
     t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
     t = torch.where(t > 0, t, torch.ones_like(t))[:, None, None]

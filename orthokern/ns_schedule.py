@@ -105,6 +105,12 @@ def _build_schedule(mode: str, rcond: float, n: int, tol: float, max_steps: int)
     return tuple(steps)
 
 
+def steps_for(mode: str, rcond: float, n: int, compute_dtype: torch.dtype) -> tuple[Step, ...]:
+    """The schedule every backend runs for n singular values iterated in ``compute_dtype`` (float32/float64):
+    polished to 8 eps of that dtype, cached per power-of-two bucket of n."""
+    return schedule(mode, float(rcond), n_bucket(n), 8 * torch.finfo(compute_dtype).eps)
+
+
 def n_bucket(n: int) -> int:
     """Round n up to a power of two so that schedules are cached per bucket, not per shape."""
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))

@@ -15,6 +15,7 @@ import torch
 
 from .. import _auto, ns_schedule
 from .._polar import DEFAULT_RCOND
+from ..reference._common import compute_dtype
 from .suites import Case
 from .timing import time_fn
 
@@ -65,7 +66,7 @@ def measure_rates(device: torch.device | str, copy_mib: int = 1024, matmul_n: in
 
 
 def _compute_dtype(dtype: torch.dtype) -> str:
-    return "float64" if dtype == torch.float64 else "float32"
+    return str(compute_dtype(dtype)).removeprefix("torch.")
 
 
 def method_flops(method: str, mode: str, case: Case, device_type: str = "cuda") -> list[tuple[float, str]]:
@@ -92,7 +93,7 @@ def method_flops(method: str, mode: str, case: Case, device_type: str = "cuda") 
         # two (Gram + triangular solve), the n x n SVD (~22 n^3) and Q times the small polar, all float64.
         return [(2 * (mn2 + mn2) + 22 * n3 + 2 * mn2, "float64")]
     if method == "newton_schulz":
-        steps = ns_schedule.schedule(mode, float(DEFAULT_RCOND), ns_schedule.n_bucket(n), 8 * _eps(case.dtype))
+        steps = ns_schedule.steps_for(mode, DEFAULT_RCOND, n, compute_dtype(case.dtype))
         low = "bfloat16" if device_type == "cuda" else cdt
         # per step: A = X^T X (2 m n^2), A^2 (2 n^3), X B (2 m n^2); the cubic has no A^2.
         terms = [(4 * mn2 + (2 * n3 if s.c != 0.0 else 0.0), low if s.precision == "low" else cdt) for s in steps]
@@ -103,10 +104,6 @@ def method_flops(method: str, mode: str, case: Case, device_type: str = "cuda") 
         dt = "bfloat16" if case.dtype == torch.bfloat16 else "float32"
         return [(len(ns_schedule.POLAR_EXPRESS) * (4 * mn2 + 2 * n3), dt)]
     raise ValueError(f"method_flops: unknown method {method!r}")
-
-
-def _eps(dtype: torch.dtype) -> float:
-    return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
 
 
 def floor_seconds(rates: DeviceRates, method: str, mode: str, case: Case) -> float:

@@ -24,8 +24,7 @@ def low_precision_dtype(G: torch.Tensor) -> torch.dtype:
 def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
     X, finite = prepare(G)
     n = X.shape[-1]
-    tol = 8 * torch.finfo(X.dtype).eps
-    steps = ns.schedule(mode, float(rcond), ns.n_bucket(n), tol)
+    steps = ns.steps_for(mode, rcond, n, X.dtype)
     high = X.dtype
     low = low_precision_dtype(G) if mode == "fast" else high
 
