@@ -107,7 +107,7 @@ def case_data():
     def get(case: suites.Case, device) -> CaseData:
         if case.key not in cache:
             from orthokern._polar import DEFAULT_RCOND
-            from orthokern.bench.accuracy import Reference
+            from orthokern.testing import Reference
 
             G = runner.make_input(case, device)
             cache[case.key] = CaseData(G, Reference(G, DEFAULT_RCOND, max_matrices=8))

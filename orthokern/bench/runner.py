@@ -13,7 +13,7 @@ import orthokern
 from .. import testing
 from .._polar import DEFAULT_RCOND
 from . import floor as floor_mod
-from .accuracy import Reference
+from ..testing import Reference
 from .peers import PEERS, peer_source
 from .suites import REAL, Case
 from .timing import time_fn
