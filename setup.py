@@ -19,6 +19,15 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _version() -> str:
+    # The one place the version lives is orthokern/_version.py; read it without importing the package (which needs
+    # torch).
+    scope: dict = {}
+    with open(os.path.join(HERE, "orthokern", "_version.py")) as f:
+        exec(f.read(), scope)
+    return scope["__version__"]
+
+
 def _warn(msg: str) -> None:
     bar = "=" * 78
     print(f"\n{bar}\northokern WARNING: {msg}\n{bar}\n", file=sys.stderr, flush=True)
@@ -118,7 +127,7 @@ ext_modules, cmdclass = _extensions_and_cmdclass()
 
 setup(
     name="orthokern",
-    version="0.1.0",
+    version=_version(),
     packages=find_packages(include=["orthokern", "orthokern.*"]) + ["orthokern.triton_kernels"],
     package_dir={"orthokern.triton_kernels": "triton_kernels"},
     python_requires=">=3.11",

@@ -47,7 +47,7 @@ def _row(stage, shape, impl, ms, **extra):
 
 
 def bench_gram(bw: float, shapes=((256, 576, 64), (1024, 256, 32)), device: str = "cuda") -> list[dict]:
-    from orthokern._triton_backend import kernels
+    from orthokern.dispatch import _load_triton_kernels as kernels
 
     tk = kernels()
     rows = []
@@ -74,7 +74,7 @@ def bench_gram(bw: float, shapes=((256, 576, 64), (1024, 256, 32)), device: str 
 
 
 def bench_ns_step(n: int = 4096, device: str = "cuda") -> list[dict]:
-    from orthokern._triton_backend import kernels
+    from orthokern.dispatch import _load_triton_kernels as kernels
 
     tk = kernels()
     a, b, c = 3.4445, -4.7750, 2.0315
@@ -118,7 +118,9 @@ def bench_polar_fast(n: int = 4096, accuracy: bool = True, device: str = "cuda")
 def bench_polar_accurate_tall(shape=(8, 4608, 512), accuracy: bool = True, device: str = "cuda") -> list[dict]:
     """Accurate polar of a tall batch: Newton–Schulz on the X side vs the Gram side vs gram_eigh (float32)."""
     import orthokern
-    from orthokern._triton_backend import polar_newton_schulz
+    from orthokern.dispatch import triton_polar
+
+    polar_newton_schulz = triton_polar().polar_newton_schulz
     from orthokern.testing import accuracy as acc_of
     from orthokern.testing import random_matrix
 

@@ -1,8 +1,10 @@
 // The op schemas of orthokern (declared once here; CPU kernels in cpu/ops_cpu.cpp, CUDA ones in cuda/ops_cuda.cu)
 // and the minimal Python module that loads them: the ops are reached as torch.ops.orthokern.*, the module itself
-// only says whether the CUDA kernels were compiled in (orthokern._backends reads orthokern._C.WITH_CUDA).
+// says whether the CUDA kernels were compiled in (WITH_CUDA) and their size limits (LIMITS, from limits.h).
 #include <Python.h>
 #include <torch/library.h>
+
+#include "limits.h"
 
 TORCH_LIBRARY(orthokern, m) {
   // Batched symmetric eigensolver (Jacobi) for (..., n, n): ascending eigenvalues and eigenvectors as columns,
@@ -32,6 +34,13 @@ extern "C" PyObject* PyInit__C(void) {
   Py_INCREF(flag);
   if (PyModule_AddObject(m, "WITH_CUDA", flag) < 0) {
     Py_DECREF(flag);
+    Py_DECREF(m);
+    return nullptr;
+  }
+  PyObject* lim = Py_BuildValue("{s:i,s:i,s:L}", "cuda_small_max_n", limits::kCudaSmallMaxN, "cuda_cholqr2_max_n",
+                                limits::kCudaCholqr2MaxN, "cuda_max_rows", static_cast<long long>(limits::kCudaMaxRows));
+  if (lim == nullptr || PyModule_AddObject(m, "LIMITS", lim) < 0) {
+    Py_XDECREF(lim);
     Py_DECREF(m);
     return nullptr;
   }

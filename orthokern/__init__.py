@@ -2,19 +2,15 @@
 
     import orthokern
     P = orthokern.polar(G)                       # (..., m, n) -> nearest orthonormal, same shape and dtype
-    orthokern.available_backends()               # e.g. ['cpp', 'torch']
+    orthokern.available_backends()               # e.g. ['torch', 'cpp']
 """
-from ._backends import available_backends, info
+from . import _env
 from ._polar import DEFAULT_RCOND, polar
-from ._registry import BACKENDS, METHODS, MODES
+from ._version import __version__
+from .dispatch import BACKENDS, METHODS, MODES, BackendUnavailable, available_backends, info
 from .optim import FastOrthogonalSGD
 
-__version__ = "0.1.0"
+_env.warn_if_no_extension()
 
-# Register every backend now, not at the first polar() call: that call may be inside torch.compile's trace,
-# and dynamo cannot trace the imports that registration does.
-from . import _registry  # noqa: E402
-
-_registry._load_backends()
-
-__all__ = ["polar", "FastOrthogonalSGD", "METHODS", "MODES", "BACKENDS", "DEFAULT_RCOND", "available_backends", "info", "__version__"]
+__all__ = ["polar", "FastOrthogonalSGD", "METHODS", "MODES", "BACKENDS", "DEFAULT_RCOND", "BackendUnavailable",
+           "available_backends", "info", "__version__"]

@@ -5,8 +5,8 @@ from typing import Optional
 
 import torch
 
-from . import _auto, _registry
-from ._registry import BACKENDS, METHODS, MODES
+from . import dispatch
+from .dispatch import BACKENDS, METHODS, MODES
 
 # Singular values below rcond * s_max are treated as zero (their directions are dropped from the result).
 # 1e-3 follows the accuracy contract: every method resolves condition numbers up to 1e3 to the contract's
@@ -45,13 +45,6 @@ def check_options(method, mode, rcond, backend, *, where: str) -> float:
     return rcond
 
 
-def _polar_tall(X: torch.Tensor, method: str, mode: str, rcond: float, backend: Optional[str]) -> torch.Tensor:
-    """X (B, m, n), m >= n, no autograd: the chosen implementation (or the auto rule) on it."""
-    if method == "auto":
-        return _auto.polar_auto(X, mode=mode, rcond=rcond, backend=backend)
-    return _registry.resolve(method, backend, X).fn(X, mode=mode, rcond=rcond)
-
-
 def _polar_nograd(G: torch.Tensor, method: str, mode: str, rcond: float, backend: Optional[str]) -> torch.Tensor:
     *batch, m, n = G.shape
     wide = m < n
@@ -59,7 +52,7 @@ def _polar_nograd(G: torch.Tensor, method: str, mode: str, rcond: float, backend
         return torch.empty_like(G, memory_format=torch.contiguous_format)
     X = G.mT if wide else G
     X = X.reshape(-1, *X.shape[-2:])
-    O = _polar_tall(X, method, mode, rcond, backend).reshape(*batch, *X.shape[-2:])
+    O = dispatch.run(X, method, mode, rcond, backend).reshape(*batch, *X.shape[-2:])
     return O.mT.contiguous() if wide else O
 
 
@@ -84,7 +77,8 @@ def polar(
         rcond: singular values below ``rcond * s_max`` count as zero and their directions are dropped
             (default 1e-3).
         backend: ``None`` for the best available, or ``"torch"``, ``"cpp"``, ``"triton"``, ``"cuda"`` to
-            force one; an unavailable one raises ``RuntimeError`` saying why.
+            force one; an unavailable one raises :class:`orthokern.BackendUnavailable` (a ``RuntimeError``)
+            saying why.
         check_finite: raise ``ValueError`` if G holds NaN or Inf (this synchronises with the device).
             Otherwise such matrices give NaN results.
 

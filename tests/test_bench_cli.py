@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import orthokern
-from orthokern import _registry
+from orthokern import dispatch
 from orthokern.bench import cli, peers, report
 
 TINY = ["--shapes", "2x24x8,12x20", "--spectra", "decaying,rank_deficient", "--quick", "--no-progress",
@@ -68,15 +68,15 @@ def test_quick_custom_suite_writes_json_png_and_full_table(tmp_path, capsys):
 
 
 def test_accuracy_gate_fails_on_a_wrong_method(tmp_path, capsys, monkeypatch):
-    good = _registry.resolve("gram_eigh", "torch", torch.zeros(1, 4, 2))
+    good = dispatch.resolve("gram_eigh", "torch", torch.zeros(1, 4, 2))
 
     def wrong(G, *, mode, rcond):
         # Plausible-looking but not the polar factor: just G scaled to unit spectral norm.
         O = good.fn(G, mode=mode, rcond=rcond)
         return (O + 0.05 * G / torch.linalg.matrix_norm(G, 2)[:, None, None]).to(G.dtype)
 
-    monkeypatch.setitem(_registry._TABLE, ("gram_eigh", "torch"),
-                        _registry.Impl("gram_eigh", "torch", wrong, good.why_not))
+    monkeypatch.setitem(dispatch.TABLE, ("gram_eigh", "torch"),
+                        dispatch.Impl("gram_eigh", "torch", wrong, good.why_not))
     rc, stdout, stderr, out = _run(tmp_path, capsys, "--methods", "gram_eigh,svd,torch_svd")
     assert rc == 1
     assert "ACCURACY VIOLATIONS" in stderr and "gram_eigh/torch/accurate" in stderr
@@ -115,12 +115,12 @@ def test_results_md_keeps_the_other_device_section(tmp_path):
 
 
 def test_a_crashing_method_fails_the_run(tmp_path, capsys, monkeypatch):
-    good = _registry.resolve("cholqr2", "torch", torch.zeros(1, 4, 2))
+    good = dispatch.resolve("cholqr2", "torch", torch.zeros(1, 4, 2))
 
     def crash(G, *, mode, rcond):
         raise torch.linalg.LinAlgError("factorisation failed")
 
-    monkeypatch.setitem(_registry._TABLE, ("cholqr2", "torch"), _registry.Impl("cholqr2", "torch", crash, good.why_not))
+    monkeypatch.setitem(dispatch.TABLE, ("cholqr2", "torch"), dispatch.Impl("cholqr2", "torch", crash, good.why_not))
     rc, stdout, stderr, out = _run(tmp_path, capsys, "--methods", "cholqr2,svd")
     assert rc == 1
     assert "cholqr2/torch/accurate" in stderr and "LinAlgError" in stderr

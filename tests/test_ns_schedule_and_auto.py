@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import orthokern
-from orthokern import _auto, ns_schedule as ns
+from orthokern import dispatch, ns_schedule as ns
 from orthokern.testing import accuracy, random_matrix
 
 
@@ -54,20 +54,18 @@ def test_schedule_is_cached_and_compile_constant():
     ],
 )
 def test_auto_rule(m, n, device, mode, expected):
-    assert _auto.choose(m, n, device, mode) == expected
+    assert dispatch.choose_method(m, n, device, mode) == expected
 
 
 def test_auto_falls_back_on_breakdown(monkeypatch):
     """A method that returns NaN or an amplified result for finite input is replaced by cholqr2 in eager mode."""
     import dataclasses
 
-    from orthokern import _registry
-
-    real_resolve = _registry.resolve
+    real_resolve = dispatch.resolve
     calls = []
 
-    def resolve(method, backend, X):
-        impl = real_resolve(method, backend, X)
+    def resolve(method, backend, X, env=None):
+        impl = real_resolve(method, backend, X, env)
         calls.append(method)
         if method != "gram_eigh":
             return impl
@@ -80,7 +78,7 @@ def test_auto_falls_back_on_breakdown(monkeypatch):
 
         return dataclasses.replace(impl, fn=broken)
 
-    monkeypatch.setattr(_registry, "resolve", resolve)
+    monkeypatch.setattr(dispatch, "resolve", resolve)
     G = random_matrix(4, 30, 8, "decaying", seed=7)
     O = orthokern.polar(G)
     assert calls == ["gram_eigh", "cholqr2"]

@@ -328,13 +328,13 @@ def test_one_polar_call_per_shape_group(monkeypatch):
     unused = nn.Parameter(torch.randn(4, 4, dtype=torch.float64))
     model.conv1.bias.requires_grad_(False)
     calls = []
-    real = ok_optim.polar
+    real = ok_optim.batched.polar
 
     def counting_polar(G, **kw):
         calls.append((tuple(G.shape), G.dtype))
         return real(G, **kw)
 
-    monkeypatch.setattr(ok_optim, "polar", counting_polar)
+    monkeypatch.setattr(ok_optim.batched, "polar", counting_polar)
     opt = FastOrthogonalSGD([{"params": model.parameters()}, {"params": [same, other_dtype, unused]}], lr=0.1)
     before = unused.detach().clone()
     for i in range(2):

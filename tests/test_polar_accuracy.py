@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import orthokern
-from orthokern import _registry
+from orthokern import _env, dispatch
 from orthokern.testing import E_BOUND, NORM_SLACK, accuracy, random_matrix
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -18,11 +18,10 @@ def cpu_backends(method):
     if method == "auto":
         return [None]
     probe = torch.empty(1, 4, 2)
-    return [i.backend for i in _registry.implementations(method) if i.backend != "triton" and i.why_not(probe) is None]
+    return [i.backend for i in dispatch.implementations(method) if i.backend != "triton" and i.why_not(probe, _env.CURRENT) is None]
 
 
 def cases():
-    _registry._load_backends()
     for method in METHODS:
         for backend in cpu_backends(method):
             yield pytest.param(method, backend, id=f"{method}-{backend or 'default'}")

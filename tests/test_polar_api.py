@@ -142,12 +142,12 @@ def test_result_is_orthonormal_and_nearest():
 
 def test_backend_none_follows_measured_preference():
     """prefer= lets a backend decline for backend=None where a later one was measured faster; backend= still gets it."""
-    from orthokern import _registry
+    from orthokern import dispatch
 
     if "cpp" not in orthokern.available_backends("cpu"):
         pytest.skip("orthokern._C is not built")
-    assert _registry.resolve("cholqr2", None, torch.empty(2, 100, 32)).backend == "cpp"
-    assert _registry.resolve("cholqr2", None, torch.empty(2, 100, 64)).backend == "torch"
-    assert _registry.resolve("cholqr2", "cpp", torch.empty(2, 100, 64)).backend == "cpp"
-    assert _registry.resolve("gram_eigh", None, torch.empty(2, 100, 64)).backend == "cpp"
-    assert _registry.resolve("gram_eigh", None, torch.empty(2, 100, 65)).backend == "torch"
+    assert dispatch.resolve("cholqr2", None, torch.empty(2, 100, 32)).backend == "cpp"
+    assert dispatch.resolve("cholqr2", None, torch.empty(2, 100, 64)).backend == "torch"
+    assert dispatch.resolve("cholqr2", "cpp", torch.empty(2, 100, 64)).backend == "cpp"
+    assert dispatch.resolve("gram_eigh", None, torch.empty(2, 100, 64)).backend == "cpp"
+    assert dispatch.resolve("gram_eigh", None, torch.empty(2, 100, 65)).backend == "torch"

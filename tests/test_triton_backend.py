@@ -124,7 +124,7 @@ def test_cpu_tensor_without_interpreter_gives_a_clear_reason():
         "G = torch.randn(2, 8, 4)\n"
         "try:\n"
         "    orthokern.polar(G, method='gram_eigh', backend='triton')\n"
-        "except RuntimeError as e:\n"
+        "except orthokern.BackendUnavailable as e:\n"
         "    print('ERR', e)\n"
         "print('AUTO', orthokern.polar(G, method='gram_eigh').shape)\n"
     )
@@ -144,25 +144,27 @@ def test_kernels_package_imports_without_triton():
         "            raise ImportError('blocked for the test')\n"
         "sys.meta_path.insert(0, Block())\n"
         "import torch, orthokern\n"
-        "from orthokern import _triton_backend as tb\n"
-        "mod = tb._load_kernels()\n"
+        "from orthokern import dispatch\n"
+        "mod = dispatch._load_triton_kernels()\n"
         "print('AVAILABLE', mod.AVAILABLE)\n"
         "print('WHY', orthokern.polar(torch.randn(1, 6, 3), method='newton_schulz').shape)\n"
         "try:\n"
-        "    tb.kernels()\n"
-        "except RuntimeError as e:\n"
+        "    orthokern.polar(torch.randn(1, 6, 3), method='newton_schulz', backend='triton')\n"
+        "except orthokern.BackendUnavailable as e:\n"
         "    print('ERR', e)\n"
     )
     r = _run(code, {"TRITON_INTERPRET": "1"})
     assert r.returncode == 0, r.stderr
-    assert "AVAILABLE False" in r.stdout and "ERR Triton is not installed" in r.stdout
+    assert "AVAILABLE False" in r.stdout and "Triton is not installed" in r.stdout
     assert "WHY torch.Size([1, 6, 3])" in r.stdout
 
 
 @interp
 @pytest.mark.parametrize("kind", ["decaying", "rank_deficient"])
 def test_newton_schulz_gram_side_accurate(kind):
-    from orthokern._triton_backend import GRAM_SIDE_RATIO, polar_newton_schulz
+    from orthokern.dispatch import GRAM_SIDE_RATIO, triton_polar
+
+    polar_newton_schulz = triton_polar().polar_newton_schulz
 
     G = random_matrix(2, GRAM_SIDE_RATIO * 16 + 5, 16, kind, device=DEVICE, seed=12)
     O = _polar(G, "newton_schulz")  # tall enough: the default takes the Gram side in accurate mode
@@ -175,7 +177,9 @@ def test_newton_schulz_gram_side_accurate(kind):
 
 @interp
 def test_newton_schulz_gram_side_fast_and_edge_cases():
-    from orthokern._triton_backend import polar_newton_schulz
+    from orthokern.dispatch import triton_polar
+
+    polar_newton_schulz = triton_polar().polar_newton_schulz
 
     G = random_matrix(3, 70, 16, "decaying", device=DEVICE, seed=13)
     G[0, 1, 1] = float("nan")
@@ -206,8 +210,8 @@ def test_triton_op_path_traces_into_the_kernels():
     pytest.importorskip("triton")
     code = (
         "import torch\n"
-        "from orthokern._triton_backend import _load_kernels\n"
-        "_load_kernels()  # the backend itself loads them only where they can run\n"
+        "from orthokern.dispatch import triton_polar\n"
+        "triton_polar()  # the dispatch itself loads them only where they can run\n"
         "from torch._functorch.aot_autograd import aot_export_module\n"
         "ops = torch.ops.orthokern\n"
         "class M(torch.nn.Module):\n"
@@ -229,7 +233,9 @@ def test_triton_op_path_traces_into_the_kernels():
 def test_newton_schulz_fast_low_precision_steps(monkeypatch):
     """The GPU fast path (steps stored and multiplied in half precision) with float16 standing in for
     bfloat16, which the interpreter cannot compute: same plumbing, a dtype the interpreter has."""
-    import orthokern._triton_backend as tb
+    from orthokern.dispatch import triton_polar
+
+    tb = triton_polar()
     import orthokern.reference.newton_schulz as ref
 
     monkeypatch.setattr(tb, "low_precision_dtype", lambda G: torch.float16)

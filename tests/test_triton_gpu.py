@@ -12,9 +12,9 @@ pytestmark = pytest.mark.cuda
 
 @pytest.fixture(scope="module")
 def tk():
-    from orthokern._triton_backend import kernels
+    from orthokern import dispatch
 
-    return kernels()
+    return dispatch._load_triton_kernels()
 
 
 def _exact_bound(G, eps):
@@ -93,7 +93,9 @@ def test_ops_compile_with_inductor():
 
 @pytest.mark.parametrize("side", ["tall", "gram"])
 def test_newton_schulz_both_sides_real_size(side):
-    from orthokern._triton_backend import polar_newton_schulz
+    from orthokern.dispatch import triton_polar
+
+    polar_newton_schulz = triton_polar().polar_newton_schulz
 
     G = random_matrix(8, 4608, 512, "decaying", device="cuda", seed=7)
     O = polar_newton_schulz(G, mode="accurate", rcond=1e-3, side=side)

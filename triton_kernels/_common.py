@@ -1,17 +1,14 @@
-"""Launch helpers shared by the kernels: interpreter detection, shape buckets, split-K sizing."""
+"""Launch helpers shared by the kernels: shape buckets, SM count, dot precision, batch slicing."""
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 
 
-def interpreting() -> bool:
-    # Read once per call rather than cached: the value is fixed for the process anyway (Triton reads it at
-    # import), and tests never flip it.
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# Autotuning / specialisation key of a dtype (an int: the kernels take it as a plain argument).
+DTYPE_KEY = {torch.float64: 0, torch.float32: 1, torch.bfloat16: 2, torch.float16: 3}
 
 
 def next_pow2(x: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import triton
 
-from ._common import interpreting
+from .._env import interpreting
 
 
 def _c(num_warps: int, num_stages: int, **blocks) -> triton.Config:

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from . import _configs
 from . import _common
-from ._common import bucket, dot_precision, sm_count
+from ._common import DTYPE_KEY, bucket, dot_precision, sm_count
 from ._symmetric import store_symmetric
 
 
@@ -136,7 +136,6 @@ def _reduce_splits_kernel(P, OUT, N, SPLITS, N_BUCKET, BLOCK_N: tl.constexpr):
         store_symmetric(OUT + b.to(tl.int64) * nn, N, ri, rj, acc)
 
 
-_DTYPE_KEY = {torch.float64: 0, torch.float32: 1, torch.bfloat16: 2, torch.float16: 3}
 
 
 def choose_splits(B: int, m: int, n: int, device: torch.device) -> int:
@@ -164,7 +163,7 @@ def sym_gram(G: torch.Tensor, *, scale: Optional[torch.Tensor] = None, acc_f64: 
     """
     if G.dim() != 3:
         raise ValueError(f"sym_gram: G must be (B, m, n), got shape {tuple(G.shape)}")
-    if G.dtype not in _DTYPE_KEY:
+    if G.dtype not in DTYPE_KEY:
         raise TypeError(f"sym_gram: G must be float64/float32/bfloat16/float16, got {G.dtype}")
     if G.dtype == torch.float64 and not acc_f64:
         acc_f64 = True  # float64 input accumulates in float64 whatever is asked: nothing to gain below it
@@ -195,7 +194,7 @@ def sym_gram(G: torch.Tensor, *, scale: Optional[torch.Tensor] = None, acc_f64: 
         grid = lambda META, nbat=nbat: (triton.cdiv(n, META["BLOCK_N"]) ** 2, splits, nbat)  # noqa: E731
         launch(kernel)[grid](
             _common.rows(G, b0, b1), sc, target, m, n, G.stride(0), G.stride(1), G.stride(2), splits,
-            bucket(n), bucket(m), _DTYPE_KEY[G.dtype],
+            bucket(n), bucket(m), DTYPE_KEY[G.dtype],
             HAS_SCALE=scale is not None, ACC_F64=acc_f64, PRECISION=precision, PARTIAL=partial,
         )
         if partial:

@@ -4,7 +4,8 @@
 
 as three kernels and no elementwise pass: the symmetric Gram (one triangle), the symmetric polynomial
 b A + c A^2 (one triangle, b A added in its epilogue) and the apply with a X added in its epilogue. A cubic
-step (c = 0) skips the middle kernel and folds b into the apply: X <- a X + b (X A).
+step (c = 0) skips the middle kernel and folds b into the apply: X <- a X + b (X A). The kernels are called
+through their torch ops (``torch_ops.py``), so a step is visible to torch.compile.
 """
 from __future__ import annotations
 
@@ -12,20 +13,19 @@ from typing import Optional
 
 import torch
 
-from .tall_apply import apply
-from .gram import sym_gram
-from .poly import sym_poly
+from . import torch_ops  # noqa: F401  (registers torch.ops.orthokern.triton_*)
 
 
 def ns_step(X: torch.Tensor, a: float, b: float, c: float, *, out_dtype: Optional[torch.dtype] = None,
-            allow_tf32: bool = False, launch=None) -> torch.Tensor:
+            allow_tf32: bool = False) -> torch.Tensor:
     """The step in X's dtype (bf16/fp16: tensor cores, fp32 accumulation; fp32: full fp32; fp64: fp64).
 
     The products A and b A + c A^2 are stored in X's dtype, as a torch step in that dtype would; the result
-    is stored in ``out_dtype`` (default X's), rounded once from the fp32 accumulator.
+    is stored in ``out_dtype`` (default X's), rounded once from the accumulator.
     """
-    A = sym_gram(X, acc_f64=X.dtype == torch.float64, out_dtype=X.dtype, allow_tf32=allow_tf32, launch=launch)
+    ops = torch.ops.orthokern
+    A = ops.triton_sym_gram(X, None, X.dtype == torch.float64, X.dtype, 0, allow_tf32)
+    out_dtype = out_dtype or X.dtype
     if c != 0.0:
-        return apply(X, sym_poly(A, b, c, allow_tf32=allow_tf32, launch=launch), alpha=a, beta=1.0,
-                     out_dtype=out_dtype, allow_tf32=allow_tf32, launch=launch)
-    return apply(X, A, alpha=a, beta=b, out_dtype=out_dtype, allow_tf32=allow_tf32, launch=launch)
+        return ops.triton_apply(X, ops.triton_sym_poly(A, b, c, allow_tf32), None, a, 1.0, out_dtype, allow_tf32)
+    return ops.triton_apply(X, A, None, a, b, out_dtype, allow_tf32)

@@ -13,7 +13,7 @@ import triton.language as tl
 
 from . import _configs
 from . import _common
-from ._common import bucket, dot_precision
+from ._common import DTYPE_KEY, bucket, dot_precision
 from ._symmetric import store_symmetric
 
 
@@ -57,14 +57,13 @@ def _make(f64: bool):
 
 _sym_poly_kernel = _make(False)
 _sym_poly_kernel_f64 = _make(True)
-_DTYPE_KEY = {torch.float64: 0, torch.float32: 1, torch.bfloat16: 2, torch.float16: 3}
 
 
 def sym_poly(A: torch.Tensor, b: float, c: float, *, allow_tf32: bool = False, launch=None) -> torch.Tensor:
     """b A + c A @ A for symmetric A (B, n, n); the result has A's dtype. A's symmetry is assumed, not checked."""
     if A.dim() != 3 or A.shape[-1] != A.shape[-2]:
         raise ValueError(f"sym_poly: A must be (B, n, n), got shape {tuple(A.shape)}")
-    if A.dtype not in _DTYPE_KEY:
+    if A.dtype not in DTYPE_KEY:
         raise TypeError(f"sym_poly: A must be float64/float32/bfloat16/float16, got {A.dtype}")
     launch = launch or (lambda k: k)
     A = A.contiguous()
@@ -77,5 +76,5 @@ def sym_poly(A: torch.Tensor, b: float, c: float, *, allow_tf32: bool = False, l
     for b0, b1 in _common.batch_chunks(B):
         grid = lambda META, nbat=b1 - b0: (triton.cdiv(n, META["BLOCK_N"]) ** 2, nbat)  # noqa: E731
         launch(kernel)[grid](_common.rows(A, b0, b1), _common.rows(out, b0, b1), n, float(b), float(c), bucket(n),
-                             _DTYPE_KEY[A.dtype], ACC_F64=f64, PRECISION=dot_precision(A.dtype, allow_tf32))
+                             DTYPE_KEY[A.dtype], ACC_F64=f64, PRECISION=dot_precision(A.dtype, allow_tf32))
     return out

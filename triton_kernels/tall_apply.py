@@ -16,7 +16,7 @@ import triton.language as tl
 
 from . import _configs
 from . import _common
-from ._common import bucket, dot_precision
+from ._common import DTYPE_KEY, bucket, dot_precision
 from .gram import _to_f64
 
 
@@ -74,7 +74,6 @@ def _make(f64: bool):
 
 _apply_kernel = _make(False)
 _apply_kernel_f64 = _make(True)
-_DTYPE_KEY = {torch.float64: 0, torch.float32: 1, torch.bfloat16: 2, torch.float16: 3}
 
 
 def apply(G: torch.Tensor, Mat: torch.Tensor, *, scale: Optional[torch.Tensor] = None, alpha: float = 0.0,
@@ -87,7 +86,7 @@ def apply(G: torch.Tensor, Mat: torch.Tensor, *, scale: Optional[torch.Tensor] =
     if Mat.shape != (B, n, n):
         raise ValueError(f"apply: Mat must have shape {(B, n, n)} to match G {tuple(G.shape)}, got {tuple(Mat.shape)}")
     for name, t in (("G", G), ("Mat", Mat)):
-        if t.dtype not in _DTYPE_KEY:
+        if t.dtype not in DTYPE_KEY:
             raise TypeError(f"apply: {name} must be float64/float32/bfloat16/float16, got {t.dtype}")
     launch = launch or (lambda k: k)
     Mat = Mat.contiguous()
@@ -107,7 +106,7 @@ def apply(G: torch.Tensor, Mat: torch.Tensor, *, scale: Optional[torch.Tensor] =
         launch(kernel)[grid](
             _common.rows(G, b0, b1), _common.rows(Mat, b0, b1), sc, _common.rows(out, b0, b1), m, n,
             G.stride(0), G.stride(1), G.stride(2), float(alpha), float(beta), bucket(n), bucket(m),
-            4 * _DTYPE_KEY[G.dtype] + _DTYPE_KEY[Mat.dtype],
+            4 * DTYPE_KEY[G.dtype] + DTYPE_KEY[Mat.dtype],
             HAS_SCALE=scale is not None, HAS_RES=alpha != 0.0, ACC_F64=f64,
             PRECISION=dot_precision(Mat.dtype, allow_tf32),
         )

@@ -18,7 +18,7 @@
 namespace orthokern {
 namespace cuda {
 
-constexpr int kCholqrMaxN = 256;
+constexpr int kCholqrMaxN = limits::kCudaCholqr2MaxN;
 constexpr int kCholqrThreads = 256;
 constexpr int kSvdJacobiMaxSweeps = 40;
 constexpr double kUnitRoundoff64 = 1.1102230246251565e-16;  // 2^-53

@@ -9,11 +9,12 @@
 #pragma once
 
 #include "cuda/common.cuh"
+#include "limits.h"
 
 namespace orthokern {
 namespace cuda {
 
-constexpr int kMaxSmallN = 64;
+constexpr int kMaxSmallN = limits::kCudaSmallMaxN;
 constexpr int kJacobiMaxSweeps = 40;
 
 template <typename T>

@@ -17,7 +17,7 @@
 
 namespace orthokern {
 
-constexpr int64_t kMaxRowsCuda = int64_t(65535) * 256;  // keep in step with _cpp_backend.CUDA_MAX_M
+constexpr int64_t kMaxRowsCuda = limits::kCudaMaxRows;
 namespace {
 
 // c10 half types are layout-compatible with CUDA's; the kernels take the CUDA ones.

@@ -13,9 +13,9 @@ from typing import Optional
 
 import torch
 
-from .. import _auto, ns_schedule
+from .. import dispatch, ns_schedule
 from .._polar import DEFAULT_RCOND
-from ..reference._common import compute_dtype
+from ..reference.scaling import compute_dtype
 from .suites import Case
 from .timing import time_fn
 
@@ -80,7 +80,7 @@ def method_flops(method: str, mode: str, case: Case, device_type: str = "cuda") 
     mn2, n3 = float(B) * m * n * n, float(B) * n**3
     cdt = _compute_dtype(case.dtype)
     if method == "auto":
-        method = _auto.choose(m, n, device_type, mode)
+        method = dispatch.choose_method(m, n, device_type, mode)
     if method in ("svd", "torch_svd"):
         # R-SVD with U_1 and V (Golub & Van Loan, table 8.6.1): 6 m n^2 + 20 n^3, plus U V^T.
         return [(6 * mn2 + 20 * n3 + 2 * mn2, cdt)]

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .._registry import register
-from ._common import finish, prepare
+from .scaling import finish, prepare
 
 _U64 = torch.finfo(torch.float64).eps / 2
 
@@ -62,5 +61,3 @@ def polar_cholqr2(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> t
     O = Q @ polar_of_small(R2 @ R1, rcond)
     return finish(O, finite, G.dtype)
 
-
-register("cholqr2", "torch", why_not=lambda G: None)(polar_cholqr2)

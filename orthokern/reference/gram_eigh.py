@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._registry import register
-from ._common import eigen_threshold, finish, prepare
+from .scaling import eigen_threshold, finish, prepare
 
 
 def inverse_sqrt_gram(X: torch.Tensor, rcond: float, gram_dtype: torch.dtype) -> torch.Tensor:
@@ -32,5 +31,3 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) ->
     O = X @ inverse_sqrt_gram(X, rcond, gram_dtype).to(X.dtype)
     return finish(O, finite, G.dtype)
 
-
-register("gram_eigh", "torch", why_not=lambda G: None)(polar_gram_eigh)

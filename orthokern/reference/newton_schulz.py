@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import ns_schedule as ns
-from .._registry import register
-from ._common import compute_dtype, finish, prepare
+from .scaling import compute_dtype, finish, prepare
 
 
 def low_precision_dtype(G: torch.Tensor) -> torch.dtype:
@@ -41,5 +40,3 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
         X = (step.a * Xw + Xw @ B).to(high)
     return finish(X, finite, G.dtype)
 
-
-register("newton_schulz", "torch", why_not=lambda G: None)(polar_newton_schulz)

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._registry import register
-from ._common import finish, prepare
+from .scaling import finish, prepare
 
 
 def polar_svd(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
@@ -14,5 +13,3 @@ def polar_svd(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch
     O = (U * keep[..., None, :].to(U.dtype)) @ Vh
     return finish(O, finite, G.dtype)
 
-
-register("svd", "torch", why_not=lambda G: None)(polar_svd)

@@ -1,16 +1,20 @@
-"""Fake (meta) kernels of the compiled ops ``torch.ops.orthokern.*``, so that ``torch.compile(fullgraph=True)``
-and other tracers can run them on shapes alone.
+"""The ops of the compiled extension ``orthokern._C`` (``torch.ops.orthokern.*``): their fake (meta) kernels,
+the Python entry points the dispatch calls, and the kernels' size limits (read from ``orthokern._C.LIMITS``,
+which ``csrc/limits.h`` defines; nothing here restates them).
 
-Imported by ``orthokern._cpp_backend`` once ``orthokern._C`` has loaded (import it yourself to call the ops
-directly under ``torch.compile``). Registers nothing when the extension is not built: the ops then do not exist.
+Schemas are declared once in ``csrc/orthokern.cpp``; CPU kernels in ``csrc/cpu/``, CUDA kernels in ``csrc/cuda/``.
+The fake kernels let ``torch.compile(fullgraph=True)`` and other tracers run the ops on shapes alone. Nothing is
+registered when the extension is not built: the ops then do not exist.
 """
 from __future__ import annotations
 
 import torch
 
-from ._backends import compiled_extension
+from . import _env
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+LIMITS: dict = dict(getattr(_env.EXTENSION, "LIMITS", {})) if _env.EXTENSION is not None else {}
 
 
 def _check_polar_input(op: str, G: torch.Tensor, rcond: float) -> None:
@@ -21,9 +25,8 @@ def _check_polar_input(op: str, G: torch.Tensor, rcond: float) -> None:
     torch._check(0.0 <= rcond < 1.0, lambda: f"{op}: rcond must be in [0, 1), got {rcond}")
 
 
-def _register() -> bool:
-    mod, _ = compiled_extension()
-    if mod is None:
+def _register_fakes() -> bool:
+    if _env.EXTENSION is None:
         return False
 
     @torch.library.register_fake("orthokern::eigh_small")
@@ -52,4 +55,19 @@ def _register() -> bool:
     return True
 
 
-REGISTERED = _register()
+REGISTERED = _register_fakes()
+
+
+def gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
+    """Fused Gram + eigh polar factor of a tall batch (one op call for the whole batch)."""
+    return torch.ops.orthokern.gram_eigh_polar(G, float(rcond), mode == "accurate")
+
+
+def cholqr2(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
+    """Shifted CholeskyQR2 in float64 + Jacobi SVD polar of R; ``mode`` does not change it (always accurate)."""
+    return torch.ops.orthokern.cholqr2_polar(G, float(rcond))
+
+
+def eigh_small(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched symmetric eigensolver (ascending eigenvalues, eigenvectors as columns), as torch.linalg.eigh."""
+    return torch.ops.orthokern.eigh_small(A)

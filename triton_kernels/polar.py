@@ -1,121 +1,35 @@
-"""Registers the Triton kernels of ``orthokern.triton_kernels`` as backend "triton" of gram_eigh and newton_schulz.
+"""gram_eigh and newton_schulz on the Triton kernels: the reference's numerics (``orthokern/reference``) with the
+matmul-shaped work moved to the kernels through the ops ``torch.ops.orthokern.triton_*`` (``torch_ops.py``).
 
-Both follow the pure-torch reference (``orthokern/reference``): only the matmul-shaped work moves to the kernels
-(through the ops ``torch.ops.orthokern.triton_*``), with the reference's scaling, zero -> zero, NaN in -> NaN
-out and output dtype. One deliberate difference: accurate-mode newton_schulz on tall matrices (m >= 8n)
-iterates on the n x n Gram side in float64 (see ``_newton_schulz_gram_side``). Nothing here synchronises with
-the device. Triton is imported only where it can run (a GPU, or TRITON_INTERPRET=1), once, when the backends load.
+Same scaling, zero -> zero, NaN in -> NaN out and output dtype as the reference. One deliberate difference:
+accurate-mode newton_schulz can iterate on the n x n Gram side in float64 (``side="gram"``: see
+``_newton_schulz_gram_side``); which side runs is the dispatch's choice (``orthokern/dispatch.py``), as is the
+eigensolver gram_eigh uses. Nothing here synchronises with the device.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import pathlib
-import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from . import _backends
-from . import ns_schedule as ns
-from ._registry import register
-from .reference._common import compute_dtype, eigen_threshold, finish, prepare
-from .reference.newton_schulz import low_precision_dtype
-
-
-def _load_kernels():
-    """``orthokern.triton_kernels``; from the source tree when orthokern runs uninstalled (PYTHONPATH=repo).
-
-    setup.py maps the top-level ``triton_kernels/`` directory to ``orthokern.triton_kernels`` only in an
-    installed package, so a checkout needs the same mapping done here (never a top-level ``triton_kernels``:
-    another project owns that name).
-    """
-    name = "orthokern.triton_kernels"
-    try:
-        mod = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        src = pathlib.Path(__file__).resolve().parent.parent / "triton_kernels"
-        if not (src / "__init__.py").is_file():
-            return None
-        spec = importlib.util.spec_from_file_location(name, src / "__init__.py", submodule_search_locations=[str(src)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        try:
-            spec.loader.exec_module(mod)
-        except BaseException:
-            del sys.modules[name]
-            raise
-        setattr(sys.modules["orthokern"], "triton_kernels", mod)
-    if mod.AVAILABLE:
-        importlib.import_module(name + ".ops")  # registers torch.ops.orthokern.triton_*
-    return mod
-
-
-def _load_kernels_if_usable() -> tuple[Optional[object], Optional[str]]:
-    """(module, None) or (None, why not), decided once at import.
-
-    Loaded eagerly when Triton can run here at all (a GPU, or the interpreter), so that nothing is imported
-    while torch.compile traces polar(); elsewhere nothing is imported and the backend reports why.
-    """
-    reason = _backends.triton_import_error()
-    if reason is not None:
-        return None, reason
-    if not (torch.cuda.is_available() or _backends.triton_interpret()):
-        return None, "no GPU for Triton (and TRITON_INTERPRET is not set)"
-    mod = _load_kernels()
-    if mod is None:
-        return None, "orthokern.triton_kernels is missing from this installation"
-    if not mod.AVAILABLE:
-        return None, mod.IMPORT_ERROR
-    return mod, None
-
-
-_KERNELS, _KERNELS_REASON = _load_kernels_if_usable()
-
-
-def kernels():
-    """The kernels package; raises RuntimeError when it cannot be used."""
-    if _KERNELS is None:
-        raise RuntimeError(_KERNELS_REASON)
-    return _KERNELS
-
+from .. import ns_schedule as ns
+from ..reference.newton_schulz import low_precision_dtype
+from ..reference.scaling import compute_dtype, eigen_threshold, finish, prepare
+from .newton_schulz import ns_step
 
 # The kernels index within one matrix in int32 (the batch offset is int64).
 MAX_ELEMENTS_PER_MATRIX = 2**31 - 1
 
 
-def why_not(G: torch.Tensor) -> Optional[str]:
-    reason = _backends.triton_why_not(G.device)
-    if reason is not None:
-        return reason
+def why_not_shape(G: torch.Tensor) -> Optional[str]:
+    """None when the kernels can index G, else why not."""
     if G.shape[-2] * G.shape[-1] > MAX_ELEMENTS_PER_MATRIX:
         return f"a {G.shape[-2]} x {G.shape[-1]} matrix exceeds the kernels' int32 indexing (2^31 elements)"
-    return _KERNELS_REASON
+    return None
 
 
 def _ops():
-    kernels()
     return torch.ops.orthokern
-
-
-# orthokern._C's one-program-per-matrix Jacobi eigensolver (csrc/cuda/jacobi.cuh: kMaxSmallN = 64), written
-# for exactly these small batched eigenproblems where torch's batched eigh is slow (design notes, section 2);
-# above that size, or without the extension, torch.linalg.eigh.
-_EIGH_SMALL_MAX_N = 64
-
-
-def _has_eigh_small() -> bool:
-    if _backends.cuda_ops_built() is not None:
-        return False
-    return hasattr(torch.ops.orthokern, "eigh_small")
-
-
-def _eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if A.is_cuda and A.shape[-1] <= _EIGH_SMALL_MAX_N and _has_eigh_small():
-        return torch.ops.orthokern.eigh_small(A)
-    return torch.linalg.eigh(A)
 
 
 def _pow2_scale(norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,12 +70,10 @@ def _apply_or_nan(G: torch.Tensor, Mat: torch.Tensor, finite: torch.Tensor, scal
     return _ops().triton_apply(G, Mat, scale, 0.0, 1.0, G.dtype, False)
 
 
-def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
-    """Triton Gram -> eigh of the n x n Gram -> Triton apply.
-
-    The eigensolver runs in float64 in accurate mode (float32 in fast mode, as the reference), through
-    orthokern._C's ``eigh_small`` on CUDA when it is built and n is small enough, else torch.linalg.eigh.
-    """
+def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
+                    eigh: Callable = torch.linalg.eigh) -> torch.Tensor:
+    """Triton Gram -> ``eigh`` of the n x n Gram (float64 in accurate mode, float32 in fast mode, as the
+    reference) -> Triton apply."""
     if mode == "accurate" or G.dtype == torch.float64:
         A, finite, scale = _scaled_gram64(G)
     else:
@@ -173,26 +85,15 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) ->
         _, scale = _pow2_scale(torch.where(finite, norm, torch.zeros_like(norm)))
         A = _ops().triton_sym_gram(G, scale, False, torch.float32, 0, False)
         A = torch.where(finite[:, None, None], A, torch.zeros((), dtype=A.dtype, device=A.device))
-    lam, W = _eigh(A)
+    lam, W = eigh(A)
     keep = eigen_threshold(lam, rcond)
     inv_sqrt = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
     return _apply_or_nan(G, (W * inv_sqrt[..., None, :]) @ W.mT, finite, scale, compute_dtype(G.dtype))
 
 
-# Accurate mode iterates on the n x n Gram side once m >= GRAM_SIDE_RATIO * n. Per step the tall iteration
-# costs ~3 m n^2 + n^3 multiply-adds in float32, the Gram-side one ~3.5 n^3 in float64 (plus one final
-# m n^2 apply); on H100/H200 spec sheets float64 (tensor core) and float32 (CUDA core, which full-precision
-# float32 products use) peak at about the same rate, so the crossover is near m = 4n. 8 leaves a margin:
-# not measured yet (bench/bench_triton_kernels.py times both sides on 8 x 4608 x 512).
-GRAM_SIDE_RATIO = 8
-
-
-def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
-                        side: Optional[str] = None) -> torch.Tensor:
-    """The reference's schedule and normalisation; ``side`` "tall" (X-side) or "gram" (default: by shape)."""
-    if side is None:
-        m, n = G.shape[-2], G.shape[-1]
-        side = "gram" if (mode == "accurate" and m >= GRAM_SIDE_RATIO * n) else "tall"
+def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float, side: str = "tall") -> torch.Tensor:
+    """The reference's schedule and normalisation, iterated on X (``side="tall"``) or on its n x n Gram matrix
+    (``side="gram"``)."""
     if side == "gram":
         return _newton_schulz_gram_side(G, mode, rcond)
     if side != "tall":
@@ -224,10 +125,9 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tenso
     s0 = steps[0]
     B0 = ((s0.b / (t * t)) * A + (s0.c / (t * t) ** 2) * A2).to(dts[0])
     X = ops.triton_apply((X / t).to(dts[0]), B0, None, s0.a, 1.0, dts[1], False)
-    k = kernels()
     for i in range(1, len(steps)):
         step = steps[i]
-        X = k.ops.ns_step(X.to(dts[i]), step.a, step.b, step.c, out_dtype=dts[i + 1])
+        X = ns_step(X.to(dts[i]), step.a, step.b, step.c, out_dtype=dts[i + 1])
     return finish(X, finite, G.dtype)
 
 
@@ -266,6 +166,3 @@ def _newton_schulz_gram_side(G: torch.Tensor, mode: str, rcond: float) -> torch.
     # float64 apply runs at about the float32 (non-tensor-core) rate on H100/H200.
     return _apply_or_nan(G, Q, finite, scale, torch.float64)
 
-
-register("gram_eigh", "triton", why_not=why_not)(polar_gram_eigh)
-register("newton_schulz", "triton", why_not=why_not)(polar_newton_schulz)

@@ -18,7 +18,7 @@ Batching: in one ``step()``, all selected gradients with the same matrix shape, 
 parameter groups, whatever their original shapes) are stacked and go through ONE ``orthokern.polar`` call.
 Nothing in the step reads a tensor value on the host, so the step can be captured in a CUDA graph or compiled
 with ``torch.compile`` (``method="auto"``'s eager-only breakdown check is skipped under both; see
-``orthokern/_auto.py``).
+``orthokern/dispatch.py``).
 
 Which parameters (``orthogonalise=``, also a per-group key ``{"params": ..., "orthogonalise": ...}``):
 
@@ -38,7 +38,8 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from ._polar import check_options, polar
+from .._polar import check_options
+from .batched import polar_by_shape
 
 __all__ = ["FastOrthogonalSGD", "Orthogonal", "orthogonalise", "SELECTIONS"]
 
@@ -114,10 +115,11 @@ def _orthogonalised_grads(
 ) -> dict[torch.Tensor, torch.Tensor]:
     """{param: polar factor of its gradient, shaped like the param} for the selected params with a gradient.
 
-    One batched ``polar`` call per (rows, cols, dtype, device) group. Only shapes and flags steer the Python
-    here, never tensor values, so nothing synchronises with the device.
+    Each gradient is viewed as its (components x fan-in) matrix; :func:`polar_by_shape` makes one batched
+    ``polar`` call per matrix shape, dtype and device. Only shapes and flags steer the Python here, never tensor
+    values, so nothing synchronises with the device.
     """
-    buckets: dict[tuple, list[torch.Tensor]] = {}
+    params: list[torch.Tensor] = []
     for group in param_groups:
         if group.get("differentiable", False):
             raise NotImplementedError(
@@ -128,19 +130,12 @@ def _orthogonalised_grads(
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError("orthogonalise: sparse gradients cannot be orthogonalised")
-            rows = p.shape[0]
-            cols = p.numel() // rows if rows else 0
-            buckets.setdefault((rows, cols, p.grad.dtype, p.grad.device), []).append(p)
-    out: dict[torch.Tensor, torch.Tensor] = {}
-    for (rows, cols, _, _), params in buckets.items():
-        mats = [p.grad.reshape(rows, cols) for p in params]
-        # A lone matrix needs no copy: polar reads its input and never writes it.
-        G = mats[0].unsqueeze(0) if len(mats) == 1 else torch.stack(mats)
-        O = polar(G, method=settings.method, mode=settings.mode, rcond=settings.rcond, backend=settings.backend)
-        for p, o in zip(params, O.unbind(0)):
-            # reshape, not view: a kernel backend may hand back a non-contiguous result.
-            out[p] = o.reshape(p.shape)
-    return out
+            params.append(p)
+    mats = [p.grad.reshape(p.shape[0], -1) for p in params]
+    outs = polar_by_shape(mats, method=settings.method, mode=settings.mode, rcond=settings.rcond,
+                          backend=settings.backend)
+    # reshape, not view: a kernel backend may hand back a non-contiguous result.
+    return {p: o.reshape(p.shape) for p, o in zip(params, outs)}
 
 
 def _swap_grads(grads: dict[torch.Tensor, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:

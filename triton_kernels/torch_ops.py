@@ -17,7 +17,7 @@ from torch.library import custom_op, triton_op, wrap_triton
 from . import tall_apply as _apply
 from . import gram as _gram
 from . import poly as _poly
-from ._common import interpreting
+from .._env import interpreting
 
 
 _INTERPRET = interpreting()
@@ -77,13 +77,3 @@ def _(G, Mat, scale, alpha, beta, out_dtype, allow_tf32):
     torch._check(Mat.shape == (G.shape[0], G.shape[2], G.shape[2]), lambda: "triton_apply: Mat must be (B, n, n)")
     return G.new_empty(G.shape, dtype=out_dtype)
 
-
-def ns_step(X: torch.Tensor, a: float, b: float, c: float, out_dtype: Optional[torch.dtype] = None,
-            allow_tf32: bool = False) -> torch.Tensor:
-    """One Newton–Schulz step through the ops (see ``newton_schulz.ns_step``)."""
-    A = torch.ops.orthokern.triton_sym_gram(X, None, X.dtype == torch.float64, X.dtype, 0, allow_tf32)
-    out_dtype = out_dtype or X.dtype
-    if c != 0.0:
-        Bm = torch.ops.orthokern.triton_sym_poly(A, b, c, allow_tf32)
-        return torch.ops.orthokern.triton_apply(X, Bm, None, a, 1.0, out_dtype, allow_tf32)
-    return torch.ops.orthokern.triton_apply(X, A, None, a, b, out_dtype, allow_tf32)

@@ -1,0 +1,5 @@
+"""Optimisers built on ``orthokern.polar``: Orthogonal-SGDM and the same gradient replacement for any optimiser."""
+from .batched import polar_by_shape
+from .orthogonal import SELECTIONS, FastOrthogonalSGD, Orthogonal, orthogonalise
+
+__all__ = ["FastOrthogonalSGD", "Orthogonal", "orthogonalise", "polar_by_shape", "SELECTIONS"]
