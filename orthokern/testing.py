@@ -151,3 +151,28 @@ def accuracy(G: torch.Tensor, O: torch.Tensor, rcond: float = 1e-3) -> Accuracy:
     G3 = G.detach().cpu().reshape(-1, *G.shape[-2:])
     O3 = O.detach().cpu().reshape(-1, *O.shape[-2:])
     return Reference(G3, rcond).measure(O3)
+
+
+def assert_contract(G: torch.Tensor, O: torch.Tensor, rcond: float = 1e-3, *, what: str = "") -> Accuracy:
+    """Assert that O meets accurate mode's contract as the polar factor of G: same shape and dtype, finite,
+    ``E <= E_BOUND[dtype]`` and ``||O||_2 <= 1 + NORM_SLACK[dtype]``. Returns the measures."""
+    label = f"{what}: " if what else ""
+    assert O.shape == G.shape and O.dtype == G.dtype, f"{label}got {tuple(O.shape)} {O.dtype} for {tuple(G.shape)} {G.dtype}"
+    acc = accuracy(G, O, rcond)
+    assert acc.finite, f"{label}non-finite output from finite input"
+    assert acc.E <= E_BOUND[G.dtype], f"{label}E = {acc.E:.3e} > {E_BOUND[G.dtype]:.0e} ({tuple(G.shape)} {G.dtype})"
+    assert acc.norm2 <= 1 + NORM_SLACK[G.dtype], (
+        f"{label}||O||_2 - 1 = {acc.norm2 - 1:.3e} > {NORM_SLACK[G.dtype]:.0e} ({tuple(G.shape)} {G.dtype})")
+    return acc
+
+
+def devices() -> list[str]:
+    """The devices tests run on here: "cpu", and "cuda" where a GPU is present (torchvision's cpu_and_cuda())."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def triton_device() -> str:
+    """Where the Triton kernels run in this process: "cuda" on a GPU, else "cpu" (only under TRITON_INTERPRET=1)."""
+    from . import _env
+
+    return "cpu" if _env.interpreting() or not torch.cuda.is_available() else "cuda"

@@ -1,8 +1,9 @@
-"""``python -m orthokern.examples.digits --quick`` runs, writes its PNG and JSON, and learns something."""
+"""``python examples/digits.py --quick`` runs, writes its PNG and JSON, and learns something."""
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,11 +11,13 @@ pytest.importorskip("sklearn", reason="the digits example needs scikit-learn")
 pytest.importorskip("matplotlib", reason="the digits example needs matplotlib")
 pytest.importorskip("tqdm", reason="the digits example needs tqdm")
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
 
 def test_digits_quick_writes_plot_and_sane_json(tmp_path):
     out = tmp_path / "digits"
     proc = subprocess.run(
-        [sys.executable, "-m", "orthokern.examples.digits", "--quick", "--out", str(out)],
+        [sys.executable, str(EXAMPLES / "digits.py"), "--quick", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

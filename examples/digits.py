@@ -1,8 +1,8 @@
 """SGDM vs Orthogonal-SGDM (``orthokern.FastOrthogonalSGD``) on scikit-learn's bundled 8x8 digits.
 
-    python -m orthokern.examples.digits                 # default: 30 epochs, 5 seeds, a few minutes on a CPU
-    python -m orthokern.examples.digits --quick         # 2 epochs, 1 seed: seconds
-    python -m orthokern.examples.digits --out runs/ --epochs 50 --seeds 3
+    python examples/digits.py                 # default: 30 epochs, 5 seeds, a few minutes on a CPU
+    python examples/digits.py --quick         # 2 epochs, 1 seed: seconds
+    python examples/digits.py --out runs/ --epochs 50 --seeds 3
 
 The model is the paper's BasicCNN (Tuddenham et al. 2022): three stride-2 3x3 convolutions of 32 channels, each
 followed by batch norm and ReLU, then one linear layer. The hyper-parameters are the paper's: learning rates
@@ -59,7 +59,7 @@ def _need(module: str, pip_name: str):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as e:
-        raise SystemExit(f"orthokern.examples.digits needs {pip_name}: pip install {pip_name}") from e
+        raise SystemExit(f"examples/digits.py needs {pip_name}: pip install {pip_name}") from e
 
 
 def load_data(device):
@@ -166,7 +166,7 @@ def plot(results, epochs, path):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m orthokern.examples.digits", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python examples/digits.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="./digits-out", help="output folder for digits.png and digits.json")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 30; 2 with --quick)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 5; 1 with --quick)")
