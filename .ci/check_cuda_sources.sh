@@ -16,6 +16,7 @@ fi
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
+shopt -s nullglob
 units=(csrc/cuda/instantiate_*.cu)
 echo "check_cuda_sources: $("$NVCC" --version | tail -1)"
 start=$SECONDS
@@ -32,7 +33,7 @@ echo "check_cuda_sources: ${#units[@]} units compiled in $((SECONDS - start)) s"
 # machine. A CPU torch wheel lacks the one header its CUDA build generates (c10/cuda/impl/cuda_cmake_macros.h);
 # an empty stand-in is enough to compile against.
 PY="${PYTHON:-python}"
-if TORCH_INC="$("$PY" -c 'from torch.utils.cpp_extension import include_paths; print(" ".join(include_paths()))' 2>/dev/null)"; then
+if [[ -f csrc/cuda/ops_cuda.cu ]] && TORCH_INC="$("$PY" -c 'from torch.utils.cpp_extension import include_paths; print(" ".join(include_paths()))' 2>/dev/null)"; then
   mkdir -p "$out/stub/c10/cuda/impl"
   [[ -f "$out/stub/c10/cuda/impl/cuda_cmake_macros.h" ]] || echo '#pragma once' > "$out/stub/c10/cuda/impl/cuda_cmake_macros.h"
   PY_INC="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"

@@ -8,13 +8,13 @@
 
 TORCH_LIBRARY(orthokern, m) {
   // Batched symmetric eigensolver (Jacobi) for (..., n, n): ascending eigenvalues and eigenvectors as columns,
-  // like torch.linalg.eigh (lower triangle read). float32/float64; n <= 64 on CUDA.
+  // like torch.linalg.eigh (lower triangle read). float32/float64.
   m.def("eigh_small(Tensor A) -> (Tensor eigenvalues, Tensor eigenvectors)");
-  // Fused Gram + Jacobi eigh polar factor of (B, m, n), n <= 64 on CUDA; numerics of reference/gram_eigh.py
+  // Fused Gram + eigh polar factor of (B, m, n); numerics of reference/gram_eigh.py
   // (accurate: Gram and eigh in float64; fast: float32). Output in G's dtype; non-finite matrices -> NaN.
   m.def("gram_eigh_polar(Tensor G, float rcond, bool accurate) -> Tensor");
   // Shifted CholeskyQR2 (float64) + polar factor of the small R by one-sided Jacobi SVD, (B, m, n) with m >= n,
-  // n <= 256 on CUDA; numerics of reference/cholqr2.py.
+  // numerics of reference/cholqr2.py.
   m.def("cholqr2_polar(Tensor G, float rcond) -> Tensor");
 }
 
@@ -37,8 +37,7 @@ extern "C" PyObject* PyInit__C(void) {
     Py_DECREF(m);
     return nullptr;
   }
-  PyObject* lim = Py_BuildValue("{s:i,s:i,s:L}", "cuda_small_max_n", limits::kCudaSmallMaxN, "cuda_cholqr2_max_n",
-                                limits::kCudaCholqr2MaxN, "cuda_max_rows", static_cast<long long>(limits::kCudaMaxRows));
+  PyObject* lim = Py_BuildValue("{s:i}", "cuda_small_max_n", limits::kCudaSmallMaxN);
   if (lim == nullptr || PyModule_AddObject(m, "LIMITS", lim) < 0) {
     Py_XDECREF(lim);
     Py_DECREF(m);

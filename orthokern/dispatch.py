@@ -60,22 +60,12 @@ def _always(G: torch.Tensor, env: Env) -> Optional[str]:
     return None
 
 
-def _compiled_why_not(device_type: str, max_n_key: Optional[str] = None) -> WhyNot:
-    def why_not(G: torch.Tensor, env: Env) -> Optional[str]:
-        reason = env.extension if device_type == "cpu" else env.cuda_ops
-        if reason is not None:
-            return reason
-        if G.device.type != device_type:
-            return f"this backend runs {device_type} tensors, got a tensor on {G.device}"
-        if device_type == "cuda":
-            max_n = compiled.LIMITS[max_n_key]
-            if G.shape[-1] > max_n:
-                return f"n = {G.shape[-1]} > {max_n} is not supported by the CUDA kernel"
-            if G.shape[-2] > compiled.LIMITS["cuda_max_rows"]:
-                return f"m = {G.shape[-2]} > {compiled.LIMITS['cuda_max_rows']} rows is not supported by the CUDA kernel"
-        return None
-
-    return why_not
+def _cpp_why_not(G: torch.Tensor, env: Env) -> Optional[str]:
+    if env.extension is not None:
+        return env.extension
+    if G.device.type != "cpu":
+        return f"this backend runs cpu tensors, got a tensor on {G.device}"
+    return None
 
 
 def _load_triton_kernels():
@@ -131,11 +121,7 @@ GRAM_SIDE_RATIO = 8
 
 
 def _triton_gram_eigh(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
-    # The n x n eigenproblems: orthokern._C's one-block-per-matrix Jacobi where it is built and n fits in shared
-    # memory, else torch.linalg.eigh.
-    small = G.is_cuda and _env.CURRENT.cuda_ops is None and G.shape[-1] <= compiled.LIMITS.get("cuda_small_max_n", 0)
-    eigh = compiled.eigh_small if small else torch.linalg.eigh
-    return triton_polar().polar_gram_eigh(G, mode=mode, rcond=rcond, eigh=eigh)
+    return triton_polar().polar_gram_eigh(G, mode=mode, rcond=rcond, eigh=torch.linalg.eigh)
 
 
 def _triton_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
@@ -152,16 +138,12 @@ _CPP_CHOLQR2_MAX_N = 63
 _IMPLS = (
     Impl("svd", "torch", reference.polar_svd, _always),
     Impl("gram_eigh", "torch", reference.polar_gram_eigh, _always),
-    Impl("gram_eigh", "cpp", compiled.gram_eigh, _compiled_why_not("cpu"),
-         prefer=lambda G: G.shape[-1] <= _CPP_GRAM_EIGH_MAX_N),
-    Impl("gram_eigh", "cuda", compiled.gram_eigh, _compiled_why_not("cuda", "cuda_small_max_n")),
+    Impl("gram_eigh", "cpp", compiled.gram_eigh, _cpp_why_not, prefer=lambda G: G.shape[-1] <= _CPP_GRAM_EIGH_MAX_N),
     Impl("gram_eigh", "triton", _triton_gram_eigh, _triton_why_not),
     Impl("newton_schulz", "torch", reference.polar_newton_schulz, _always),
     Impl("newton_schulz", "triton", _triton_newton_schulz, _triton_why_not),
     Impl("cholqr2", "torch", reference.polar_cholqr2, _always),
-    Impl("cholqr2", "cpp", compiled.cholqr2, _compiled_why_not("cpu"),
-         prefer=lambda G: G.shape[-1] <= _CPP_CHOLQR2_MAX_N),
-    Impl("cholqr2", "cuda", compiled.cholqr2, _compiled_why_not("cuda", "cuda_cholqr2_max_n")),
+    Impl("cholqr2", "cpp", compiled.cholqr2, _cpp_why_not, prefer=lambda G: G.shape[-1] <= _CPP_CHOLQR2_MAX_N),
 )
 TABLE: dict[tuple[str, str], Impl] = {(i.method, i.backend): i for i in _IMPLS}
 

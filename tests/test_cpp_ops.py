@@ -302,7 +302,7 @@ def test_backend_selection_and_reasons():
     torch.testing.assert_close(orthokern.polar(big, method="gram_eigh", backend="cpp"),
                                orthokern.polar(big, method="gram_eigh", backend="torch"), rtol=0, atol=1e-4)
     if not torch.cuda.is_available():
-        with pytest.raises(orthokern.BackendUnavailable, match="backend='cuda' cannot run"):
+        with pytest.raises(orthokern.BackendUnavailable, match="backend='cuda'"):
             orthokern.polar(small, method="cholqr2", backend="cuda")
 
 
