@@ -89,7 +89,7 @@ def _load_triton_kernels():
     except BaseException:
         del sys.modules[name]
         raise
-    setattr(sys.modules["orthokern"], "triton_kernels", mod)
+    sys.modules["orthokern"].triton_kernels = mod
     return mod
 
 

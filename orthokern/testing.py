@@ -157,7 +157,8 @@ def assert_contract(G: torch.Tensor, O: torch.Tensor, rcond: float = 1e-3, *, wh
     """Assert that O meets accurate mode's contract as the polar factor of G: same shape and dtype, finite,
     ``E <= E_BOUND[dtype]`` and ``||O||_2 <= 1 + NORM_SLACK[dtype]``. Returns the measures."""
     label = f"{what}: " if what else ""
-    assert O.shape == G.shape and O.dtype == G.dtype, f"{label}got {tuple(O.shape)} {O.dtype} for {tuple(G.shape)} {G.dtype}"
+    assert O.shape == G.shape and O.dtype == G.dtype, (
+        f"{label}got {tuple(O.shape)} {O.dtype} for {tuple(G.shape)} {G.dtype}")
     acc = accuracy(G, O, rcond)
     assert acc.finite, f"{label}non-finite output from finite input"
     assert acc.E <= E_BOUND[G.dtype], f"{label}E = {acc.E:.3e} > {E_BOUND[G.dtype]:.0e} ({tuple(G.shape)} {G.dtype})"

@@ -1,10 +1,10 @@
 """The Newton–Schulz schedules (scalar behaviour) and the auto rule."""
 import numpy as np
 import pytest
-import torch
 
 import orthokern
-from orthokern import dispatch, ns_schedule as ns
+from orthokern import dispatch
+from orthokern import ns_schedule as ns
 from orthokern.testing import accuracy, random_matrix
 
 

@@ -78,7 +78,7 @@ def train_pair(model, opt, ref_model, ref_opt, steps, selected=None, start=0):
 
 def assert_params_close(model, ref_model, atol):
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
-        torch.testing.assert_close(p, q, atol=atol, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p, q, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
 SGD_VARIANTS = [
@@ -448,7 +448,7 @@ def test_compiled_step_matches_eager():
         opt.step()
 
     for i in range(3):
-        for m, o in ((model, None), (eager, eager_opt)):
+        for m in (model, eager):
             m.zero_grad()
             backward(m, i)
         raw = model.fc.weight.grad.clone()

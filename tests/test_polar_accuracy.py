@@ -18,7 +18,8 @@ def cpu_backends(method):
     if method == "auto":
         return [None]
     probe = torch.empty(1, 4, 2)
-    return [i.backend for i in dispatch.implementations(method) if i.backend != "triton" and i.why_not(probe, _env.CURRENT) is None]
+    return [i.backend for i in dispatch.implementations(method)
+            if i.backend != "triton" and i.why_not(probe, _env.CURRENT) is None]
 
 
 def cases():
@@ -31,7 +32,7 @@ def cases():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("spectrum", SPECTRA)
 def test_accurate_mode_meets_contract(method, backend, dtype, spectrum):
-    for i, (batch, m, n) in enumerate(SHAPES):
+    for batch, m, n in SHAPES:
         G = random_matrix(batch, m, n, spectrum, dtype=dtype, scale=3.7)
         try:
             O = orthokern.polar(G, method=method, backend=backend)
