@@ -111,7 +111,9 @@ class _PolarFunction(torch.autograd.Function):
         with torch.no_grad():
             P = _polar_nograd(G, method, mode, rcond, backend)
         ctx.save_for_backward(G, P)
-        ctx.rcond = rcond
+        # The directions the forward kept: those above the rcond the chosen method ran with (its floor included).
+        tall = G.mT if G.shape[-2] < G.shape[-1] else G
+        ctx.rcond = dispatch.method_and_rcond(tall.reshape(-1, *tall.shape[-2:]), method, mode, rcond)[1]
         return P
 
     @staticmethod

@@ -59,8 +59,9 @@ REGISTERED = _register_fakes()
 
 
 def gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
-    """Fused Gram + eigh polar factor of a tall batch (one op call for the whole batch)."""
-    return torch.ops.orthokern.gram_eigh_polar(G, float(rcond), mode == "accurate")
+    """Fused Gram + eigh polar factor of a tall batch (one op call for the whole batch). ``mode`` does not change
+    it: the Gram matrix is always float64 (reference/gram_eigh.py says why)."""
+    return torch.ops.orthokern.gram_eigh_polar(G, float(rcond), True)
 
 
 def cholqr2(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:

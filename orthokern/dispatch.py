@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import torch
 
 from . import _env, compiled, reference
+from .reference.scaling import compute_dtype
 from ._env import Env
 
 # 1. Names ------------------------------------------------------------------------------------------------------
@@ -129,6 +130,13 @@ def _triton_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.
     return triton_polar().polar_newton_schulz(G, mode=mode, rcond=rcond, side=side)
 
 
+def _torch_cholqr2(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
+    # The polar factor of the small R: LAPACK's SVD on a CPU; on a GPU batched float64 matmuls (torch's batched SVD
+    # runs one matrix at a time there).
+    small = reference.cholqr2.newton_schulz_small if G.is_cuda else reference.cholqr2.svd_small
+    return reference.polar_cholqr2(G, mode=mode, rcond=rcond, small_polar=small)
+
+
 # Measured on the 2-core CPU (float32, 1 thread; bench/RESULTS.md): the compiled gram_eigh loses to the torch
 # reference above n = 64 (its Gram and apply are row loops, the reference's are BLAS), the compiled cholqr2 from
 # n = 64 on (LAPACK's SVD of R beats its one-sided Jacobi).
@@ -142,7 +150,7 @@ _IMPLS = (
     Impl("gram_eigh", "triton", _triton_gram_eigh, _triton_why_not),
     Impl("newton_schulz", "torch", reference.polar_newton_schulz, _always),
     Impl("newton_schulz", "triton", _triton_newton_schulz, _triton_why_not),
-    Impl("cholqr2", "torch", reference.polar_cholqr2, _always),
+    Impl("cholqr2", "torch", _torch_cholqr2, _always),
     Impl("cholqr2", "cpp", compiled.cholqr2, _cpp_why_not, prefer=lambda G: G.shape[-1] <= _CPP_CHOLQR2_MAX_N),
 )
 TABLE: dict[tuple[str, str], Impl] = {(i.method, i.backend): i for i in _IMPLS}
@@ -159,50 +167,84 @@ def implementations(method: str) -> list[Impl]:
     return [TABLE[(method, b)] for b in BACKENDS if (method, b) in TABLE]
 
 
-# 4. method="auto" ------------------------------------------------------------------------------------------------
+# 4. rcond floors and method="auto" --------------------------------------------------------------------------------
+# The smallest rcond at which each method keeps the accuracy contract, per compute precision (float32 also serves
+# bfloat16 and float16 inputs). A smaller rcond, 0 included, is raised to the floor: singular values below
+# floor * s_max are then treated as zero (their directions go into [0, 1 + tol], as the contract allows for the
+# insignificant ones). Measured by sweeping rcond on spectra whose smallest significant value sits just above it,
+# rank-deficient ones and clusters at the threshold (tests/test_rcond_floor.py keeps them): each floor leaves
+# E <= E_BOUND / 5 and ||O||_2 - 1 <= NORM_SLACK / 2 (orthokern/testing.py). Why each is where it is:
+# * svd: a float64 SVD whatever the input, no squaring: limited only by float64.
+# * gram_eigh: the float64 Gram squares the condition number (float64: ||O||_2 - 1 ~ 3e-16 / rcond^2, above the
+#   1e-10 slack below 3e-3), and the float32 apply amplifies rounding by 1 / rcond (||O||_2 - 1 ~ 5e-8 / rcond).
+# * newton_schulz: the float32 iteration (E ~ 1e-8 / rcond; 1e-1 at 3e-5); float64 to 1e-7.
+# * cholqr2: float64 throughout, nothing squared in the significant directions.
+RCOND_FLOOR: dict[tuple[str, torch.dtype], float] = {
+    ("svd", torch.float32): 1e-10, ("svd", torch.float64): 1e-12,
+    ("gram_eigh", torch.float32): 1e-3, ("gram_eigh", torch.float64): 3e-3,
+    ("newton_schulz", torch.float32): 1e-4, ("newton_schulz", torch.float64): 1e-7,
+    ("cholqr2", torch.float32): 1e-8, ("cholqr2", torch.float64): 1e-6,
+}
+
+
+def rcond_floor(method: str, dtype: torch.dtype) -> float:
+    """The smallest rcond ``method`` (not "auto") keeps the contract at for inputs of ``dtype``."""
+    return RCOND_FLOOR[(method, torch.float64 if dtype == torch.float64 else torch.float32)]
+
+
+def effective_rcond(method: str, rcond: float, dtype: torch.dtype) -> float:
+    """The rcond ``method`` runs with: the requested one, raised to the method's floor."""
+    return max(rcond, rcond_floor(method, dtype))
+
 
 _TALL_RATIO = 4
 _TALL_MAX_N = 512
 _FUSED_MAX_N = 64
 
 
-def choose_method(m: int, n: int, device_type: str, mode: str) -> str:
+def choose_method(m: int, n: int, device_type: str, mode: str, rcond: float = 1e-3,
+                  dtype: torch.dtype = torch.float32) -> str:
     """The method ``auto`` runs on a tall batch of m x n matrices (m >= n).
 
     * CPU: ``gram_eigh``. LAPACK's eigensolver is fast at every n a gradient has; the Gram matrix costs one pass
       over G.
-    * GPU, n <= 64: ``gram_eigh`` (the fused Gram + Jacobi kernel).
+    * GPU, n <= 64: ``gram_eigh``.
     * GPU, accurate, tall-skinny (m >= 4 n, n <= 512): ``gram_eigh`` (the Gram matrix is small next to G).
     * GPU otherwise: ``newton_schulz`` (matmuls only; torch's batched eigh is slow and squares the conditioning of
       large square blocks).
+
+    Below the chosen method's rcond floor, ``cholqr2`` (float64 throughout, the lowest floor of the fast methods)
+    serves instead, so that rcond=0 means what the working precision can resolve.
     """
     if device_type != "cuda":
-        return "gram_eigh"
-    if n <= _FUSED_MAX_N:
-        return "gram_eigh"
-    if mode == "accurate" and m >= _TALL_RATIO * n and n <= _TALL_MAX_N:
-        return "gram_eigh"
-    return "newton_schulz"
+        method = "gram_eigh"
+    elif n <= _FUSED_MAX_N:
+        method = "gram_eigh"
+    elif mode == "accurate" and m >= _TALL_RATIO * n and n <= _TALL_MAX_N:
+        method = "gram_eigh"
+    else:
+        method = "newton_schulz"
+    if rcond < rcond_floor(method, dtype):
+        return "cholqr2"
+    return method
 
 
-# Breakdown fallback of auto: a result that is non-finite for finite input, or has an entry above 1 + slack (a
-# direction amplified past the orthonormal bound), is recomputed with cholqr2. It reads a flag from the device, so
-# it runs only in eager mode.
-_BOUND_SLACK = 1e-2
+# Breakdown guard of auto (eager, CPU): every column of O must have norm <= 1 + slack, since a column norm bounds
+# ||O||_2 from below (a direction amplified past the orthonormal bound shows in the columns it maps to), and the
+# result must be finite for finite input. One reduction over O; a broken matrix (never seen on any input tried: the
+# floors keep every method bounded) is recomputed with cholqr2. On a GPU reading the verdict would synchronise with
+# the device, so there the guard does not run; the GPU methods are bounded by construction (polynomial iterations
+# map [0, 1] into [0, 1 + tol]).
+_GUARD_SLACK = 1e-2
 
 
-def _capturing() -> bool:
-    if torch.compiler.is_compiling():
-        return True
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
-def broken(X: torch.Tensor, O: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: matrices whose result shows a breakdown."""
-    finite_in = torch.isfinite(X).all(dim=(-2, -1))
-    finite_out = torch.isfinite(O).all(dim=(-2, -1))
-    too_big = O.abs().amax(dim=(-2, -1)).float() > 1.0 + _BOUND_SLACK
-    return finite_in & (~finite_out | too_big)
+def broken(G: torch.Tensor, O: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: matrices whose result shows a breakdown (a column longer than 1 + slack, or NaN from finite G)."""
+    col = torch.linalg.vector_norm(O, dim=-2, dtype=compute_dtype(O.dtype)).amax(-1)
+    suspect = ~(col <= 1.0 + _GUARD_SLACK)  # NaN compares False: caught here
+    if bool(suspect.any()):
+        suspect &= torch.isfinite(G).flatten(1).all(-1)
+    return suspect
 
 
 # 5. resolve and run ------------------------------------------------------------------------------------------------
@@ -236,20 +278,26 @@ def resolve(method: str, backend: Optional[str], G: torch.Tensor, env: Optional[
     raise BackendUnavailable(f"polar: no implementation of method={method!r} can run here ({'; '.join(reasons)})")
 
 
+def method_and_rcond(G: torch.Tensor, method: str, mode: str, rcond: float) -> tuple[str, float]:
+    """(the method that runs, the rcond it runs with) for the tall batch G."""
+    if method == "auto":
+        method = choose_method(G.shape[-2], G.shape[-1], G.device.type, mode, rcond, G.dtype)
+    return method, effective_rcond(method, rcond, G.dtype)
+
+
 def run(G: torch.Tensor, method: str, mode: str, rcond: float, backend: Optional[str],
         env: Optional[Env] = None) -> torch.Tensor:
     """The polar factor of the tall batch G (B, m, n) by ``method`` ("auto" included) on ``backend``."""
-    if method != "auto":
-        return resolve(method, backend, G, env).fn(G, mode=mode, rcond=rcond)
-    chosen = choose_method(G.shape[-2], G.shape[-1], G.device.type, mode)
-    O = resolve(chosen, backend, G, env).fn(G, mode=mode, rcond=rcond)
-    if _capturing() or env is not None:
+    chosen, rc = method_and_rcond(G, method, mode, rcond)
+    O = resolve(chosen, backend, G, env).fn(G, mode=mode, rcond=rc)
+    if method != "auto" or G.is_cuda or env is not None or torch.compiler.is_compiling():
         return O
     bad = broken(G, O)
     if bool(bad.any()):
         idx = bad.nonzero().squeeze(1)
         O = O.clone()
-        O[idx] = resolve("cholqr2", None, G[idx]).fn(G[idx], mode="accurate", rcond=rcond)
+        O[idx] = resolve("cholqr2", None, G[idx]).fn(
+            G[idx], mode="accurate", rcond=effective_rcond("cholqr2", rcond, G.dtype))
     return O
 
 

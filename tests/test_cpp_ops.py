@@ -103,16 +103,6 @@ def test_polar_ops_meet_accuracy_contract(op, dtype, kind, shape, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind", ["well", "decaying"])
-def test_gram_eigh_fast_mode_matches_reference_fast_mode(kind, device):
-    G = random_matrix(4, 96, 48, kind, dtype=torch.float32, seed=7, device=device)
-    e_ops = accuracy(G, gram_op(G, accurate=False)).E
-    e_ref = accuracy(G, polar_gram_eigh(G.cpu(), mode="fast", rcond=RCOND)).E
-    # Both solve the float32 Gram matrix (Jacobi here, LAPACK there): errors of the same size.
-    assert e_ops <= 4 * e_ref + 1e-5, (e_ops, e_ref)
-
-
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("accurate", [True, False])
 @pytest.mark.parametrize("scale", [1e30, 1e-30])
 def test_gram_eigh_polar_extreme_magnitudes(scale, accurate, device):

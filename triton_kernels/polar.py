@@ -14,7 +14,7 @@ import torch
 
 from .. import ns_schedule as ns
 from ..reference.newton_schulz import low_precision_dtype
-from ..reference.scaling import compute_dtype, eigen_threshold, finish, prepare
+from ..reference.scaling import compute_dtype, prepare, significant
 from .newton_schulz import ns_step
 
 # The kernels index within one matrix in int32 (the batch offset is int64).
@@ -86,7 +86,7 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
         A = _ops().triton_sym_gram(G, scale, False, torch.float32, 0, False)
         A = torch.where(finite[:, None, None], A, torch.zeros((), dtype=A.dtype, device=A.device))
     lam, W = eigh(A)
-    keep = eigen_threshold(lam, rcond)
+    keep = significant(lam, rcond * rcond)
     inv_sqrt = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
     return _apply_or_nan(G, (W * inv_sqrt[..., None, :]) @ W.mT, finite, scale, compute_dtype(G.dtype))
 
@@ -128,7 +128,7 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tenso
     for i in range(1, len(steps)):
         step = steps[i]
         X = ns_step(X.to(dts[i]), step.a, step.b, step.c, out_dtype=dts[i + 1])
-    return finish(X, finite, G.dtype)
+    return X.to(G.dtype)
 
 
 def _newton_schulz_gram_side(G: torch.Tensor, mode: str, rcond: float) -> torch.Tensor:
