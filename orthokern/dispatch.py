@@ -24,8 +24,8 @@ from typing import Callable, Optional
 import torch
 
 from . import _env, compiled, reference
-from .reference.scaling import compute_dtype
 from ._env import Env
+from .reference.scaling import compute_dtype
 
 # 1. Names ------------------------------------------------------------------------------------------------------
 

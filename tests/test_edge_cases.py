@@ -69,7 +69,8 @@ def _floor_cases(dtype, floor):
     """Spectra whose smallest significant value sits just above the floor, a rank-deficient one, and a cluster."""
     for seed, (m, n) in enumerate(((60, 16), (40, 24))):
         k = n
-        yield _spectrum_matrix(2, m, n, torch.logspace(0, math.log10(1.05 * floor), k, dtype=torch.float64), dtype, seed)
+        s = torch.logspace(0, math.log10(1.05 * floor), k, dtype=torch.float64)
+        yield _spectrum_matrix(2, m, n, s, dtype, seed)
         s = torch.zeros(k, dtype=torch.float64)
         s[: k // 2] = torch.logspace(0, math.log10(1.05 * floor), k // 2, dtype=torch.float64)
         yield _spectrum_matrix(2, m, n, s, dtype, seed + 10)
