@@ -50,3 +50,52 @@ def register_cost(op_name: str) -> Callable[[CostFn], CostFn]:
         return fn
 
     return deco
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceModel:
+    """What the plan and the dispatch's cost comparisons assume of a GPU: spec-sheet rates, not measurements."""
+
+    name: str
+    bandwidth: float  # bytes / s of device memory
+    peak: dict[str, float]  # unit -> FLOP / s (dense)
+    sms: int
+    # Estimates, labelled as such wherever they are printed: the fraction of peak a kernel reaches, and the cost of
+    # one kernel launch in an eager loop (GPU-side gap plus host issue) and inside a CUDA graph.
+    efficiency: float = 0.6
+    launch_s: float = 4e-6
+    graph_launch_s: float = 1.5e-6
+
+
+# NVIDIA H100 SXM5 data sheet (dense rates): HBM3 3.35 TB/s; FP64 34 TFLOPS, FP64 tensor core 67, FP32 67,
+# TF32 tensor core 495, BF16/FP16 tensor core 989; 132 SMs. tf32x3 makes three TF32 passes. H200: the same chip
+# with 4.8 TB/s of HBM3e.
+_H100_PEAK = {"tc16": 989e12, "tf32": 495e12, "tf32x3": 495e12 / 3, "fp64_tc": 67e12, "fma32": 67e12,
+              "fma64": 34e12}
+DEVICES = {
+    "h100": DeviceModel("NVIDIA H100 SXM (spec sheet)", 3.35e12, dict(_H100_PEAK), 132),
+    "h200": DeviceModel("NVIDIA H200 SXM (spec sheet)", 4.8e12, dict(_H100_PEAK), 132),
+}
+
+
+def launch_seconds(launch: Launch, device: DeviceModel) -> float:
+    """Modelled time of one launch: the slower of its memory traffic and its arithmetic (each unit at the assumed
+    efficiency of its peak). An estimate."""
+    compute = sum(f / (device.peak[u] * device.efficiency) for u, f in launch.flops.items())
+    return max(launch.bytes / (device.bandwidth * device.efficiency), compute)
+
+
+def newton_schulz_sides(B: int, m: int, n: int, steps: int, quintics: int, elem_bytes: int, unit: str,
+                        device: DeviceModel) -> tuple[float, float]:
+    """(tall side, Gram side) modelled seconds of ``steps`` Newton–Schulz steps (``quintics`` of them quintic) on a
+    tall (B, m, n) batch: the tall side in ``unit`` on elements of ``elem_bytes`` (read X twice and write it once per
+    step; FLOPs of the symmetric Gram, its square and the apply), the Gram side as a float64 Gram, 3.5 (quintic) or
+    2 (cubic) n x n float64 products per step, and a float64 apply. The dispatch picks the cheaper; launch counts
+    are left out (both sides are a handful per step)."""
+    mn, mn2, n3 = B * m * n, B * m * n * n, B * n**3
+    per = [Launch("gram", {unit: mn2}, 2 * elem_bytes * mn), Launch("apply", {unit: 2 * mn2}, 2 * elem_bytes * mn)]
+    tall = steps * sum(launch_seconds(x, device) for x in per) + quintics * launch_seconds(
+        Launch("poly", {unit: n3}, 0.0), device)
+    g = [Launch("gram", {"fp64_tc": mn2}, 4 * mn), Launch("apply", {"fp64_tc": 2 * mn2}, 8 * mn),
+         Launch("nxn", {"fp64_tc": 2 * n3 * (3.5 * quintics + 2 * (steps - quintics))}, 0.0)]
+    return tall, sum(launch_seconds(x, device) for x in g)

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import _env, compiled, reference
+from . import _cost, _env, compiled, ns_schedule, reference
 from ._env import Env
 from .reference.scaling import compute_dtype
 
@@ -114,20 +114,45 @@ def _triton_why_not(G: torch.Tensor, env: Env) -> Optional[str]:
     return triton_polar().why_not_shape(G)
 
 
-# Accurate-mode newton_schulz on Triton iterates on the n x n Gram side once m >= GRAM_SIDE_RATIO * n. Per step
-# the tall iteration costs ~3 m n^2 + n^3 multiply-adds in float32, the Gram-side one ~3.5 n^3 in float64 (plus one
-# final m n^2 apply); on H100/H200 spec sheets float64 (tensor core) and float32 (CUDA core) peak at about the same
-# rate, so the crossover is near m = 4n. 8 leaves a margin (not yet measured on a GPU).
-GRAM_SIDE_RATIO = 8
+def newton_schulz_side(B: int, m: int, n: int, mode: str, dtype: torch.dtype, device_type: str) -> str:
+    """Which side newton_schulz iterates on for a tall (B, m, n) batch: "gram" (float64 n x n products, one pass over
+    G each for the Gram matrix and the result) or "tall" (three passes over X per step).
+
+    On a GPU, whichever the cost model (``orthokern/_cost.py``, H100 spec rates) says is cheaper: the Gram side wins
+    from m ~ 3n at n = 128 and m ~ 8n at n = 512 in accurate mode, rarely in fast mode (bfloat16 tensor cores are
+    fast). On a CPU the Gram side whenever m >= 2n: its n x n float64 work is below the tall side's float32 work there,
+    and it is far more accurate. float64 input always iterates on the tall side: a Gram matrix squares the
+    condition number, which float64 resolves for a float32 result but not to float64's own contract (the same reason
+    as gram_eigh's float64 floor).
+    """
+    if dtype == torch.float64:
+        return "tall"
+    steps = ns_schedule.steps_for(mode, 1e-3, n, compute_dtype(dtype))
+    if device_type != "cuda":
+        return "gram" if m >= 2 * n else "tall"
+    quintics = sum(1 for s in steps if s.c != 0.0)
+    unit, elem = ("tc16", 2) if mode == "fast" else ("tf32x3", 4)
+    tall, gram = _cost.newton_schulz_sides(B, m, n, len(steps), quintics, elem, unit, _cost.DEVICES["h100"])
+    return "gram" if gram < tall else "tall"
 
 
 def _triton_gram_eigh(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
     return triton_polar().polar_gram_eigh(G, mode=mode, rcond=rcond, eigh=torch.linalg.eigh)
 
 
+def _gram_side_factor(A: torch.Tensor, steps) -> torch.Tensor:
+    return reference.newton_schulz.gram_side_factor(A, steps)
+
+
 def _triton_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
-    side = "gram" if (mode == "accurate" and G.shape[-2] >= GRAM_SIDE_RATIO * G.shape[-1]) else "tall"
-    return triton_polar().polar_newton_schulz(G, mode=mode, rcond=rcond, side=side)
+    side = newton_schulz_side(*G.shape, mode, G.dtype, G.device.type)
+    return triton_polar().polar_newton_schulz(G, mode=mode, rcond=rcond, side=side, factor=_gram_side_factor)
+
+
+def _torch_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
+    if newton_schulz_side(*G.shape, mode, G.dtype, G.device.type) == "gram":
+        return reference.newton_schulz.polar_newton_schulz_gram_side(G, mode=mode, rcond=rcond)
+    return reference.polar_newton_schulz(G, mode=mode, rcond=rcond)
 
 
 def _torch_cholqr2(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
@@ -148,7 +173,7 @@ _IMPLS = (
     Impl("gram_eigh", "torch", reference.polar_gram_eigh, _always),
     Impl("gram_eigh", "cpp", compiled.gram_eigh, _cpp_why_not, prefer=lambda G: G.shape[-1] <= _CPP_GRAM_EIGH_MAX_N),
     Impl("gram_eigh", "triton", _triton_gram_eigh, _triton_why_not),
-    Impl("newton_schulz", "torch", reference.polar_newton_schulz, _always),
+    Impl("newton_schulz", "torch", _torch_newton_schulz, _always),
     Impl("newton_schulz", "triton", _triton_newton_schulz, _triton_why_not),
     Impl("cholqr2", "torch", _torch_cholqr2, _always),
     Impl("cholqr2", "cpp", compiled.cholqr2, _cpp_why_not, prefer=lambda G: G.shape[-1] <= _CPP_CHOLQR2_MAX_N),
@@ -197,33 +222,20 @@ def effective_rcond(method: str, rcond: float, dtype: torch.dtype) -> float:
     return max(rcond, rcond_floor(method, dtype))
 
 
-_TALL_RATIO = 4
-_TALL_MAX_N = 512
-_FUSED_MAX_N = 64
-
-
 def choose_method(m: int, n: int, device_type: str, mode: str, rcond: float = 1e-3,
                   dtype: torch.dtype = torch.float32) -> str:
     """The method ``auto`` runs on a tall batch of m x n matrices (m >= n).
 
-    * CPU: ``gram_eigh``. LAPACK's eigensolver is fast at every n a gradient has; the Gram matrix costs one pass
-      over G.
-    * GPU, n <= 64: ``gram_eigh``.
-    * GPU, accurate, tall-skinny (m >= 4 n, n <= 512): ``gram_eigh`` (the Gram matrix is small next to G).
-    * GPU otherwise: ``newton_schulz`` (matmuls only; torch's batched eigh is slow and squares the conditioning of
-      large square blocks).
+    * CPU: ``gram_eigh``. LAPACK's eigensolver is fast at every n a gradient has, the Gram matrix costs one pass
+      over G, and the compiled kernel folds everything else into the n x n side.
+    * GPU: ``newton_schulz``, on the side the cost model picks (``newton_schulz_side``): batched matmuls on tensor
+      cores and no eigensolver, which on a GPU is the trap (torch's batched eigh runs one matrix at a time above
+      n = 32; a one-block-per-matrix Jacobi is latency-bound).
 
     Below the chosen method's rcond floor, ``cholqr2`` (float64 throughout, the lowest floor of the fast methods)
     serves instead, so that rcond=0 means what the working precision can resolve.
     """
-    if device_type != "cuda":
-        method = "gram_eigh"
-    elif n <= _FUSED_MAX_N:
-        method = "gram_eigh"
-    elif mode == "accurate" and m >= _TALL_RATIO * n and n <= _TALL_MAX_N:
-        method = "gram_eigh"
-    else:
-        method = "newton_schulz"
+    method = "gram_eigh" if device_type != "cuda" else "newton_schulz"
     if rcond < rcond_floor(method, dtype):
         return "cholqr2"
     return method

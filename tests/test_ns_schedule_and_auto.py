@@ -1,6 +1,7 @@
 """The Newton–Schulz schedules (scalar behaviour) and the auto rule."""
 import numpy as np
 import pytest
+import torch
 
 import orthokern
 from orthokern import dispatch
@@ -14,21 +15,47 @@ def run_scalar(steps, x):
     return x
 
 
+@pytest.mark.parametrize("rcond", [1e-3, 1e-5, 1e-7])
 @pytest.mark.parametrize("n", [1, 8, 64, 1024, 4096])
 @pytest.mark.parametrize("tol", [8 * 2.0**-23, 8 * 2.0**-52])
-def test_accurate_schedule_converges_on_every_significant_value(n, tol):
-    steps = ns.schedule("accurate", 1e-3, n, tol)
-    x = np.geomspace(ns.lower_bound(n, 1e-3), 1 / ns.NORM_SAFETY, 5000)
-    assert np.max(np.abs(run_scalar(steps, x) - 1)) <= tol
+def test_accurate_schedule_converges_on_every_significant_value(n, tol, rcond):
+    steps = ns.schedule("accurate", rcond, n, tol)
+    x = np.geomspace(ns.lower_bound(n, rcond), 1 / ns.NORM_SAFETY, 5000)
+    y = run_scalar(steps, x)
+    assert np.max(np.abs(y - 1)) <= tol
     assert all(s.precision == "high" for s in steps)
     assert steps[-1][:3] == ns.CUBIC_POLISH
     assert len(steps) < 30
+    # Weaker singular values (below the floor) are mapped into [0, 1 + tol], never amplified past the bound.
+    z = run_scalar(steps, np.geomspace(1e-12, ns.lower_bound(n, rcond), 2000))
+    assert z.min() >= 0 and z.max() <= 1 + tol
+
+
+def test_optimal_quintic_equioscillates_and_beats_the_papers_first_step():
+    lo, hi = 1e-3, 1.0
+    a, b, c = ns.optimal_quintic(lo, hi)
+    x = np.concatenate([np.geomspace(lo, hi, 20000), np.linspace(lo, hi, 20000)])
+    err = 1 - ns._apply(x, (a, b, c))
+    # Optimal: no worse on [lo, hi] than the paper's first step for the same interval (before its 1.01 safety).
+    paper = 1 - ns._apply(x, ns._PE_PAPER[0])
+    assert np.max(np.abs(err)) <= np.max(np.abs(paper)) + 1e-9
+    # Equioscillation: the error reaches its maximum with both signs.
+    E = np.max(np.abs(err))
+    assert err.max() >= E * (1 - 1e-6) and -err.min() >= E * (1 - 1e-6)
+    with pytest.raises(ValueError, match="lo < hi"):
+        ns.optimal_quintic(1.0, 0.5)
+
+
+def test_rcond_zero_is_refused_by_the_schedule_with_a_reason():
+    # The dispatch never asks for it (rcond is raised to the method's floor first): a direct caller learns why.
+    with pytest.raises(ValueError, match="rcond must be > 0"):
+        ns.schedule("accurate", 0.0, 64, 1e-6)
 
 
 def test_fast_schedule_beats_muon_on_the_scalar_map():
     fast = ns.schedule("fast", 1e-3, 256, 1e-6)
     assert len(fast) == ns.FAST_STEPS and all(s.precision == "low" for s in fast)
-    # Same number of steps as Muon; Muon starts from ||G||_F (s_max >= n^-1/2), we from ||A^2||^1/4 (>= n^-1/8).
+    # Muon starts from ||G||_F (s_max >= n^-1/2), we from ||A^2||^1/4 (>= n^-1/8): over the range both cover.
     x = np.geomspace(1e-2, 1, 1000)
     muon = x.copy()
     for _ in range(5):
@@ -41,20 +68,35 @@ def test_schedule_is_cached_and_compile_constant():
 
 
 @pytest.mark.parametrize(
-    "m,n,device,mode,expected",
+    "m,n,device,mode,rcond,dtype,expected",
     [
-        (100, 10, "cpu", "accurate", "gram_eigh"),
-        (4096, 4096, "cpu", "fast", "gram_eigh"),
-        (576, 64, "cuda", "accurate", "gram_eigh"),  # fused small-n kernel
-        (64, 64, "cuda", "fast", "gram_eigh"),
-        (4608, 512, "cuda", "accurate", "gram_eigh"),  # tall-skinny: Gram is small next to G
-        (4608, 512, "cuda", "fast", "newton_schulz"),
-        (1152, 1024, "cuda", "accurate", "newton_schulz"),  # square-ish and large
-        (4096, 4096, "cuda", "fast", "newton_schulz"),
+        (100, 10, "cpu", "accurate", 1e-3, torch.float32, "gram_eigh"),
+        (4096, 4096, "cpu", "fast", 1e-3, torch.float32, "gram_eigh"),
+        (100, 10, "cpu", "accurate", 0.0, torch.float32, "cholqr2"),  # below gram_eigh's float32 floor
+        (100, 10, "cpu", "accurate", 1e-3, torch.float64, "cholqr2"),  # float64 gram_eigh's floor is 3e-3
+        (100, 10, "cpu", "accurate", 1e-2, torch.float64, "gram_eigh"),
+        (576, 64, "cuda", "accurate", 1e-3, torch.float32, "newton_schulz"),
+        (4096, 4096, "cuda", "fast", 1e-3, torch.bfloat16, "newton_schulz"),
+        (576, 64, "cuda", "accurate", 1e-6, torch.float32, "cholqr2"),
     ],
 )
-def test_auto_rule(m, n, device, mode, expected):
-    assert dispatch.choose_method(m, n, device, mode) == expected
+def test_auto_rule(m, n, device, mode, rcond, dtype, expected):
+    assert dispatch.choose_method(m, n, device, mode, rcond, dtype) == expected
+
+
+@pytest.mark.parametrize(
+    "B,m,n,device,mode,side",
+    [
+        (1, 4608, 512, "cuda", "accurate", "gram"),  # tall-skinny: the n x n work is small next to G
+        (1, 1152, 1024, "cuda", "accurate", "tall"),  # square-ish and large: the tall side's tensor cores win
+        (1, 4096, 4096, "cuda", "fast", "tall"),
+        (256, 576, 64, "cuda", "accurate", "gram"),
+        (1, 300, 100, "cpu", "accurate", "gram"),
+        (1, 150, 100, "cpu", "accurate", "tall"),
+    ],
+)
+def test_newton_schulz_side_by_cost_model(B, m, n, device, mode, side):
+    assert dispatch.newton_schulz_side(B, m, n, mode, torch.float32, device) == side
 
 
 def test_auto_falls_back_on_breakdown(monkeypatch):
@@ -73,7 +115,7 @@ def test_auto_falls_back_on_breakdown(monkeypatch):
         def broken(X, *, mode, rcond):
             O = impl.fn(X, mode=mode, rcond=rcond)
             O[1] = float("nan")
-            O[2] *= 3.0
+            O[2, :, 0] *= 1.05  # one column amplified past the bound: ||O||_2 >= 1.05
             return O
 
         return dataclasses.replace(impl, fn=broken)

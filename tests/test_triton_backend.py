@@ -162,34 +162,54 @@ def test_kernels_package_imports_without_triton():
 @interp
 @pytest.mark.parametrize("kind", ["decaying", "rank_deficient"])
 def test_newton_schulz_gram_side_accurate(kind):
-    from orthokern.dispatch import GRAM_SIDE_RATIO, triton_polar
+    from orthokern.dispatch import triton_polar
+    from orthokern.reference.newton_schulz import gram_side_factor, polar_newton_schulz_gram_side
 
-    polar_newton_schulz = triton_polar().polar_newton_schulz
-
-    G = random_matrix(2, GRAM_SIDE_RATIO * 16 + 5, 16, kind, device=DEVICE, seed=12)
-    O = _polar(G, "newton_schulz")  # tall enough: the default takes the Gram side in accurate mode
+    G = random_matrix(2, 9 * 16 + 5, 16, kind, device=DEVICE, seed=12)
+    O = triton_polar().polar_newton_schulz(G, mode="accurate", rcond=1e-3, side="gram", factor=gram_side_factor)
     acc = accuracy(G, O)
     assert acc.finite and acc.E <= E_BOUND[torch.float32] and acc.norm2 <= 1 + NORM_SLACK[torch.float32], acc
-    # Both sides run the same polynomial: they agree to float32 accuracy (the Gram side, in float64, better).
-    T = polar_newton_schulz(G, mode="accurate", rcond=1e-3, side="tall")
+    # The same algorithm as the reference's Gram side, and the same polynomial as the tall side.
+    R = polar_newton_schulz_gram_side(G.cpu(), mode="accurate", rcond=1e-3)
+    assert (O.cpu() - R).abs().max() <= 1e-6
+    T = triton_polar().polar_newton_schulz(G, mode="accurate", rcond=1e-3, side="tall")
     assert (O - T).abs().max() <= 1e-4
 
 
 @interp
 def test_newton_schulz_gram_side_fast_and_edge_cases():
     from orthokern.dispatch import triton_polar
+    from orthokern.reference.newton_schulz import gram_side_factor
 
     polar_newton_schulz = triton_polar().polar_newton_schulz
-
     G = random_matrix(3, 70, 16, "decaying", device=DEVICE, seed=13)
     G[0, 1, 1] = float("nan")
     G[1] = 0
-    O = polar_newton_schulz(G, mode="fast", rcond=1e-3, side="gram")
+    O = polar_newton_schulz(G, mode="fast", rcond=1e-3, side="gram", factor=gram_side_factor)
     T = polar_newton_schulz(G, mode="fast", rcond=1e-3, side="tall")
     assert O[0].isnan().all() and torch.equal(O[1], torch.zeros_like(O[1]))
     assert (O[2] - T[2]).abs().max() <= 1e-4
     with pytest.raises(ValueError, match="side must be"):
         polar_newton_schulz(G, mode="fast", rcond=1e-3, side="wide")
+    with pytest.raises(ValueError, match="needs factor"):
+        polar_newton_schulz(G, mode="fast", rcond=1e-3, side="gram")
+
+
+@interp
+@pytest.mark.parametrize("dtype,scale", [(torch.float64, 1e-160), (torch.float64, 1e160), (torch.float64, 1e-300),
+                                         (torch.float32, 1e-40), (torch.float16, 1.0)])
+def test_gram_side_at_extreme_scales(dtype, scale):
+    """The float64 Gram of float64 input is formed from G scaled on load (a raw Gram over- or underflows there)."""
+    from orthokern.dispatch import triton_polar
+    from orthokern.reference.newton_schulz import gram_side_factor
+
+    G = (random_matrix(2, 40, 8, "decaying", dtype=torch.float64, seed=15) * scale).to(dtype).to(DEVICE)
+    for method in ("gram_eigh", "newton_schulz"):
+        kw = {"side": "gram", "factor": gram_side_factor} if method == "newton_schulz" else {}
+        O = getattr(triton_polar(), f"polar_{method}")(G, mode="accurate", rcond=1e-3 if dtype != torch.float64
+                                                         else 3e-3, **kw)
+        acc = accuracy(G.double(), O.double(), 1e-3 if dtype != torch.float64 else 3e-3)
+        assert acc.finite and acc.E <= E_BOUND[dtype] and acc.norm2 <= 1 + NORM_SLACK[dtype], (method, acc)
 
 
 @interp

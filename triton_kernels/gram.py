@@ -179,7 +179,8 @@ def sym_gram(G: torch.Tensor, *, scale: Optional[torch.Tensor] = None, acc_f64: 
     if scale is not None:
         if scale.shape != (B,):
             raise ValueError(f"sym_gram: scale must have shape ({B},), got {tuple(scale.shape)}")
-        scale = scale.to(torch.float32).contiguous()
+        # float64 input takes a float64 scale (2^-e may be far outside float32's range); the others float32.
+        scale = scale.to(torch.float64 if G.dtype == torch.float64 else torch.float32).contiguous()
     splits = int(splits) if splits else choose_splits(B, m, n, G.device)
     if splits < 1:
         raise ValueError(f"sym_gram: splits must be >= 0, got {splits}")

@@ -96,7 +96,8 @@ def apply(G: torch.Tensor, Mat: torch.Tensor, *, scale: Optional[torch.Tensor] =
     if scale is not None:
         if scale.shape != (B,):
             raise ValueError(f"apply: scale must have shape ({B},), got {tuple(scale.shape)}")
-        scale = scale.to(torch.float32).contiguous()
+        # A float64 product takes a float64 scale (2^-e of an all-subnormal float32 matrix is 2^132); else float32.
+        scale = scale.to(torch.float64 if Mat.dtype == torch.float64 else torch.float32).contiguous()
     f64 = Mat.dtype == torch.float64
     kernel = _apply_kernel_f64 if f64 else _apply_kernel
     for b0, b1 in _common.batch_chunks(B):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .. import ns_schedule as ns
-from .scaling import compute_dtype, prepare
+from .scaling import GRAM64_BLOCK, compute_dtype, gram64, prepare
 
 
 def low_precision_dtype(G: torch.Tensor) -> torch.dtype:
@@ -51,3 +51,53 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
             P = step_factor(X.mT @ X, step)
         X = X @ P.to(X.dtype)
     return X.to(G.dtype)
+
+
+def gram_side_factor(A: torch.Tensor, steps: tuple[ns.Step, ...]) -> torch.Tensor:
+    """The n x n factor Q with X Q = the iteration's result, computed from A = X^T X alone (B, n, n).
+
+    X_k = X Q_k for every step, and everything is a polynomial in A, so it all commutes: with the normalised
+    Y_0 = A / t^2, Q_0 = I / t and P_k = a I + b Y_k + c Y_k^2,
+
+        Q_{k+1} = Q_k P_k,        Y_{k+1} = X_{k+1}^T X_{k+1} = P_k Y_k P_k.
+
+    Only n x n products remain (3.5 per quintic step: Y_k^2 is symmetric), and one multiply X Q at the end. Y
+    squares the condition number, so this runs in A's dtype, float64 for the accurate contract (in float32 it gave
+    ||O||_2 = 1.0009 at condition 316). Q amplifies the directions below rcond by up to the product of the a's
+    (~1e4), so X Q must be formed in float64 too (``apply64``). This is the reference of the fused CUDA kernel
+    (``csrc/cuda/newton_schulz_small.cuh``) and what runs on a GPU above its size limit.
+    """
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    A2 = A @ A
+    t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
+    t = torch.where(t > 0, t, torch.ones_like(t))[:, None, None]
+    Y, Y2, Q = A / t**2, A2 / t**4, eye / t
+    for i, step in enumerate(steps):
+        P = step_factor(Y, step, Y2 if i == 0 else None)
+        Q = Q @ P
+        if i + 1 < len(steps):
+            Y = (P @ Y) @ P
+    return Q
+
+
+def apply64(X: torch.Tensor, M: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """X @ M with float64 accumulation, stored in ``out_dtype``, converting X to float64 block by block (no
+    full-size float64 copy; the blocks are those of ``scaling.gram64``)."""
+    if X.dtype == torch.float64:
+        return (X @ M).to(out_dtype)
+    B, m, n = X.shape
+    rows = max(1, GRAM64_BLOCK // max(1, B * n))
+    out = torch.empty(B, m, M.shape[-1], dtype=out_dtype, device=X.device)
+    for r0 in range(0, m, rows):
+        out[:, r0:r0 + rows] = X[:, r0:r0 + rows].to(torch.float64) @ M
+    return out
+
+
+def polar_newton_schulz_gram_side(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
+    """The same polynomial steps carried out on the n x n Gram matrix in float64 (see ``gram_side_factor``):
+    one pass over G for the Gram matrix, one for the result. The schedule is polished to the output dtype's
+    tolerance: more float64 steps would polish digits the final rounding removes."""
+    X, finite = prepare(G)
+    A = torch.where(finite[:, None, None], gram64(X), 0.0)
+    Q = gram_side_factor(A, ns.steps_for(mode, rcond, X.shape[-1], X.dtype))
+    return apply64(X, torch.where(finite[:, None, None], Q, float("nan")), G.dtype)
