@@ -1,10 +1,10 @@
 // The op schemas of orthokern (declared once here; CPU kernels in cpu/ops_cpu.cpp, CUDA ones in cuda/ops_cuda.cu)
 // and the minimal Python module that loads them: the ops are reached as torch.ops.orthokern.*, the module itself
-// says whether the CUDA kernels were compiled in (WITH_CUDA) and their size limits (LIMITS, from limits.h).
+// says whether the CUDA kernels were compiled in (WITH_CUDA) and their size limits (LIMITS, from kernel_limits.h).
 #include <Python.h>
 #include <torch/library.h>
 
-#include "limits.h"
+#include "kernel_limits.h"
 
 TORCH_LIBRARY(orthokern, m) {
   // Batched symmetric eigensolver (Jacobi) for (..., n, n): ascending eigenvalues and eigenvectors as columns,
@@ -16,6 +16,10 @@ TORCH_LIBRARY(orthokern, m) {
   // Shifted CholeskyQR2 (float64) + polar factor of the small R by one-sided Jacobi SVD, (B, m, n) with m >= n,
   // numerics of reference/cholqr2.py.
   m.def("cholqr2_polar(Tensor G, float rcond) -> Tensor");
+  // The n x n factor Q of newton_schulz on the Gram side (orthokern/reference/newton_schulz.py, gram_side_factor)
+  // for a batch of float64 Gram matrices (B, n, n), n <= 64; coeffs = (a, b, c) per step, flattened. CUDA: one
+  // thread block per matrix, one launch. CPU: the kernel's twin, for tests.
+  m.def("gram_ns_factor(Tensor A, float[] coeffs) -> Tensor");
 }
 
 #ifdef ORTHOKERN_WITH_CUDA
@@ -37,7 +41,7 @@ extern "C" PyObject* PyInit__C(void) {
     Py_DECREF(m);
     return nullptr;
   }
-  PyObject* lim = Py_BuildValue("{s:i}", "cuda_small_max_n", limits::kCudaSmallMaxN);
+  PyObject* lim = Py_BuildValue("{s:i}", "cuda_small_max_n", orthokern::limits::kCudaSmallMaxN);
   if (lim == nullptr || PyModule_AddObject(m, "LIMITS", lim) < 0) {
     Py_XDECREF(lim);
     Py_DECREF(m);

@@ -1,6 +1,6 @@
 """The ops of the compiled extension ``orthokern._C`` (``torch.ops.orthokern.*``): their fake (meta) kernels,
 the Python entry points the dispatch calls, and the kernels' size limits (read from ``orthokern._C.LIMITS``,
-which ``csrc/limits.h`` defines; nothing here restates them).
+which ``csrc/kernel_limits.h`` defines; nothing here restates them).
 
 Schemas are declared once in ``csrc/orthokern.cpp``; CPU kernels in ``csrc/cpu/``, CUDA kernels in ``csrc/cuda/``.
 The fake kernels let ``torch.compile(fullgraph=True)`` and other tracers run the ops on shapes alone. Nothing is
@@ -52,6 +52,16 @@ def _register_fakes() -> bool:
         torch._check(G.shape[1] >= G.shape[2], lambda: f"cholqr2_polar: G must be tall (m >= n), got {tuple(G.shape)}")
         return G.new_empty(G.shape)
 
+    @torch.library.register_fake("orthokern::gram_ns_factor")
+    def _gram_ns_factor_fake(A, coeffs):
+        torch._check(A.dim() == 3 and A.shape[1] == A.shape[2],
+                     lambda: f"gram_ns_factor: A must be (B, n, n), got shape {tuple(A.shape)}")
+        torch._check(A.dtype == torch.float64, lambda: f"gram_ns_factor: A must be float64, got {A.dtype}")
+        torch._check(A.shape[1] <= LIMITS["cuda_small_max_n"],
+                     lambda: f"gram_ns_factor: n = {A.shape[1]} > {LIMITS['cuda_small_max_n']} is not supported")
+        torch._check(len(coeffs) % 3 == 0, lambda: "gram_ns_factor: coeffs must hold (a, b, c) per step")
+        return torch.empty_like(A, memory_format=torch.contiguous_format)
+
     return True
 
 
@@ -72,3 +82,9 @@ def cholqr2(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.T
 def eigh_small(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched symmetric eigensolver (ascending eigenvalues, eigenvectors as columns), as torch.linalg.eigh."""
     return torch.ops.orthokern.eigh_small(A)
+
+
+def gram_ns_factor(A: torch.Tensor, steps) -> torch.Tensor:
+    """The Gram-side Newton–Schulz factor Q (B, n, n) of float64 Gram matrices A for the schedule ``steps``
+    (``orthokern.ns_schedule.Step`` tuples): the fused kernel of ``csrc/gram_ns_factor.h``, n <= 64."""
+    return torch.ops.orthokern.gram_ns_factor(A, [float(v) for s in steps for v in s[:3]])

@@ -54,7 +54,7 @@ class Impl:
     why_not: WhyNot  # None when it can run on G in this Env, else the reason
     # backend=None only: False where this implementation can run but the next one in the order is faster
     # (measured; an explicit backend= still gets it).
-    prefer: Callable[[torch.Tensor], bool] = lambda G: True
+    prefer: Callable[[torch.Tensor, str], bool] = lambda G, mode: True
 
 
 def _always(G: torch.Tensor, env: Env) -> Optional[str]:
@@ -149,6 +149,21 @@ def _triton_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.
     return triton_polar().polar_newton_schulz(G, mode=mode, rcond=rcond, side=side, factor=_gram_side_factor)
 
 
+def _cuda_why_not(G: torch.Tensor, env: Env) -> Optional[str]:
+    reason = env.cuda_ops or _triton_why_not(G, env)
+    if reason is not None:
+        return reason
+    if G.shape[-1] > compiled.LIMITS["cuda_small_max_n"]:
+        return f"n = {G.shape[-1]} > {compiled.LIMITS['cuda_small_max_n']} is not supported by the fused CUDA kernel"
+    return None
+
+
+def _cuda_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
+    # The Gram side with the whole n x n iteration in one launch of the fused kernel (csrc/gram_ns_factor.h) instead
+    # of ~4 batched-matmul launches per step.
+    return triton_polar().polar_newton_schulz(G, mode=mode, rcond=rcond, side="gram", factor=compiled.gram_ns_factor)
+
+
 def _torch_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
     if newton_schulz_side(*G.shape, mode, G.dtype, G.device.type) == "gram":
         return reference.newton_schulz.polar_newton_schulz_gram_side(G, mode=mode, rcond=rcond)
@@ -171,12 +186,16 @@ _CPP_CHOLQR2_MAX_N = 63
 _IMPLS = (
     Impl("svd", "torch", reference.polar_svd, _always),
     Impl("gram_eigh", "torch", reference.polar_gram_eigh, _always),
-    Impl("gram_eigh", "cpp", compiled.gram_eigh, _cpp_why_not, prefer=lambda G: G.shape[-1] <= _CPP_GRAM_EIGH_MAX_N),
+    Impl("gram_eigh", "cpp", compiled.gram_eigh, _cpp_why_not,
+         prefer=lambda G, mode: G.shape[-1] <= _CPP_GRAM_EIGH_MAX_N),
     Impl("gram_eigh", "triton", _triton_gram_eigh, _triton_why_not),
     Impl("newton_schulz", "torch", _torch_newton_schulz, _always),
     Impl("newton_schulz", "triton", _triton_newton_schulz, _triton_why_not),
+    Impl("newton_schulz", "cuda", _cuda_newton_schulz, _cuda_why_not,
+         prefer=lambda G, mode: newton_schulz_side(*G.shape, mode, G.dtype, "cuda") == "gram"),
     Impl("cholqr2", "torch", _torch_cholqr2, _always),
-    Impl("cholqr2", "cpp", compiled.cholqr2, _cpp_why_not, prefer=lambda G: G.shape[-1] <= _CPP_CHOLQR2_MAX_N),
+    Impl("cholqr2", "cpp", compiled.cholqr2, _cpp_why_not,
+         prefer=lambda G, mode: G.shape[-1] <= _CPP_CHOLQR2_MAX_N),
 )
 TABLE: dict[tuple[str, str], Impl] = {(i.method, i.backend): i for i in _IMPLS}
 
@@ -261,7 +280,8 @@ def broken(G: torch.Tensor, O: torch.Tensor) -> torch.Tensor:
 
 # 5. resolve and run ------------------------------------------------------------------------------------------------
 
-def resolve(method: str, backend: Optional[str], G: torch.Tensor, env: Optional[Env] = None) -> Impl:
+def resolve(method: str, backend: Optional[str], G: torch.Tensor, env: Optional[Env] = None,
+            mode: str = "accurate") -> Impl:
     """The implementation of ``method`` (not "auto") to run on the tall batch ``G``.
 
     ``backend=None`` takes the first implementation in :data:`ORDER` that can run and is preferred; a named backend
@@ -284,7 +304,7 @@ def resolve(method: str, backend: Optional[str], G: torch.Tensor, env: Optional[
         if impl is None:
             continue
         reason = impl.why_not(G, env)
-        if reason is None and impl.prefer(G):
+        if reason is None and impl.prefer(G, mode):
             return impl
         reasons.append(f"{b}: {reason or 'slower than the next backend here'}")
     raise BackendUnavailable(f"polar: no implementation of method={method!r} can run here ({'; '.join(reasons)})")
@@ -301,7 +321,7 @@ def run(G: torch.Tensor, method: str, mode: str, rcond: float, backend: Optional
         env: Optional[Env] = None) -> torch.Tensor:
     """The polar factor of the tall batch G (B, m, n) by ``method`` ("auto" included) on ``backend``."""
     chosen, rc = method_and_rcond(G, method, mode, rcond)
-    O = resolve(chosen, backend, G, env).fn(G, mode=mode, rcond=rc)
+    O = resolve(chosen, backend, G, env, mode).fn(G, mode=mode, rcond=rc)
     if method != "auto" or G.is_cuda or env is not None or torch.compiler.is_compiling():
         return O
     bad = broken(G, O)
