@@ -1,11 +1,15 @@
-"""orthokern: builds the compiled extension ``orthokern._C`` when it can, and never fails because of it.
+"""orthokern: builds the compiled extension ``orthokern._C`` when it can, and by default never fails because of it.
 
 * torch importable at build time (``pip install --no-build-isolation .``): build ``orthokern._C`` against that
-  torch. CUDA sources are added when ``(torch.cuda.is_available() or FORCE_CUDA=1) and CUDA_HOME`` and torch
-  itself has CUDA; ``ORTHOKERN_SKIP_CUDA_BUILD=1`` leaves them out. Architectures: ``ORTHOKERN_CUDA_ARCHS`` or
-  ``TORCH_CUDA_ARCH_LIST`` (default "8.0;9.0").
+  torch. CUDA sources are added when torch itself has CUDA, a CUDA toolkit is found (``find_cuda_home``) and
+  ``torch.cuda.is_available() or FORCE_CUDA=1``; ``ORTHOKERN_SKIP_CUDA_BUILD=1`` leaves them out. Architectures:
+  ``ORTHOKERN_CUDA_ARCHS`` or ``TORCH_CUDA_ARCH_LIST`` (default "8.0;9.0+PTX": SASS for A100 and H100, and PTX that
+  newer GPUs compile at load time).
 * torch not importable (plain ``pip install .``: build isolation, and torch is deliberately not a build
-  requirement, see pyproject.toml), no compiler, or a compile error: install the pure-Python package and say so.
+  requirement, see pyproject.toml), no compiler, or a compile error: install the pure-Python package and say so,
+  on the terminal too (pip hides a successful build's output unless -v).
+* ``ORTHOKERN_REQUIRE_EXTENSION=1``: any failure to build ``orthokern._C`` is an error (CI sets it).
+  ``ORTHOKERN_REQUIRE_CUDA=1``: so is building it without its CUDA kernels (set it on a GPU machine).
 """
 from __future__ import annotations
 
@@ -29,7 +33,51 @@ def _version() -> str:
 
 def _warn(msg: str) -> None:
     bar = "=" * 78
-    print(f"\n{bar}\northokern WARNING: {msg}\n{bar}\n", file=sys.stderr, flush=True)
+    text = f"\n{bar}\northokern WARNING: {msg}\n{bar}\n"
+    print(text, file=sys.stderr, flush=True)
+    # pip runs the build in a subprocess and shows its output only with -v or on failure: say it on the terminal.
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write(text)
+    except OSError:
+        pass
+
+
+def _fail_or_warn(msg: str, required: bool) -> None:
+    if required:
+        raise SystemExit(f"orthokern: {msg}")
+    _warn(msg)
+
+
+def find_cuda_home() -> str | None:
+    """The CUDA toolkit to build with, found the way users expect: $CUDA_HOME or $CUDA_PATH, else the toolkit the
+    `nvcc` on PATH belongs to (asked with --dryrun, so a wrapper script in /usr/local/bin is followed to the real
+    toolkit, where torch would guess /usr/local and fail to link -lcudart), else /usr/local/cuda. A candidate counts
+    only if it has bin/nvcc, include/cuda_runtime.h and a libcudart."""
+    import shutil
+    import subprocess
+
+    def valid(root):
+        if not root:
+            return False
+        libs = glob.glob(os.path.join(root, "lib64", "libcudart*")) + glob.glob(
+            os.path.join(root, "targets", "*", "lib", "libcudart*"))
+        return (os.path.isfile(os.path.join(root, "bin", "nvcc"))
+                and os.path.isfile(os.path.join(root, "include", "cuda_runtime.h")) and bool(libs))
+
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        try:
+            out = subprocess.run([nvcc, "--dryrun", "-c", "x.cu"], capture_output=True, text=True, timeout=60)
+            for line in (out.stdout + out.stderr).splitlines():
+                if line.startswith("#$ _HERE_="):
+                    candidates.append(os.path.dirname(line.split("=", 1)[1].strip()))
+        except (OSError, subprocess.SubprocessError):
+            pass
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    return next((c for c in candidates if valid(c)), None)
 
 
 def _env_flag(name: str) -> bool:
@@ -41,27 +89,34 @@ def _extensions_and_cmdclass():
         import torch
         from torch.utils import cpp_extension
     except Exception as e:  # noqa: BLE001  (any failure to import torch means: no extension)
-        _warn(
+        _fail_or_warn(
             f"torch is not importable at build time ({type(e).__name__}: {e}); installing orthokern without its "
             "compiled extension orthokern._C (pure-PyTorch implementations only). To build it, install torch first "
-            "and run `pip install --no-build-isolation .`."
-        )
+            "and run `pip install --no-build-isolation .`.",
+            _env_flag("ORTHOKERN_REQUIRE_EXTENSION") or _env_flag("ORTHOKERN_REQUIRE_CUDA"))
         return [], {}
 
-    cuda_home = cpp_extension.CUDA_HOME
-    force_cuda = _env_flag("FORCE_CUDA")
+    require_ext = _env_flag("ORTHOKERN_REQUIRE_EXTENSION") or _env_flag("ORTHOKERN_REQUIRE_CUDA")
+    require_cuda = _env_flag("ORTHOKERN_REQUIRE_CUDA")
+    force_cuda = _env_flag("FORCE_CUDA") or require_cuda
     skip_cuda = _env_flag("ORTHOKERN_SKIP_CUDA_BUILD")
     torch_has_cuda = torch.version.cuda is not None
+    cuda_home = find_cuda_home() if torch_has_cuda and not skip_cuda else None
+    if cuda_home is not None:
+        # cpp_extension guessed its own at import; the build functions read this module global.
+        cpp_extension.CUDA_HOME = cuda_home
+        os.environ["CUDA_HOME"] = cuda_home
     with_cuda = (
         not skip_cuda and torch_has_cuda and cuda_home is not None and (torch.cuda.is_available() or force_cuda)
     )
-    if force_cuda and not skip_cuda and not with_cuda:
-        _warn(
-            "FORCE_CUDA=1 but the CUDA sources cannot be built: "
-            + ("the installed torch has no CUDA" if not torch_has_cuda else "CUDA_HOME (nvcc) not found")
-            + "; building the CPU ops only."
-        )
-    archs = os.environ.get("ORTHOKERN_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0"
+    if (force_cuda or require_cuda) and not with_cuda:
+        _fail_or_warn(
+            "the CUDA kernels cannot be built: "
+            + ("ORTHOKERN_SKIP_CUDA_BUILD is set" if skip_cuda else
+               "the installed torch has no CUDA" if not torch_has_cuda else
+               "no CUDA toolkit found (set CUDA_HOME to the directory with bin/nvcc and include/cuda_runtime.h)")
+            + "; building the CPU ops only.", require_cuda)
+    archs = os.environ.get("ORTHOKERN_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0+PTX"
 
     def rel_glob(pattern):  # relative to this file, as setuptools wants relative source paths
         return sorted(glob.glob(pattern, root_dir=HERE))
@@ -70,7 +125,7 @@ def _extensions_and_cmdclass():
     # The kernel sources are C++17; the language standard itself is left to cpp_extension, which passes the one
     # the installed torch's headers need (C++20 for torch 2.13).
     cxx = ["-O3"]
-    # No --use_fast_math: the Jacobi rotations and rsqrt thresholds need IEEE division and sqrt.
+    # No --use_fast_math: the kernels' results must match their CPU twins (IEEE division and sqrt, explicit fma).
     nvcc = ["-O3"]
     define_macros = []
     if with_cuda:
@@ -102,22 +157,24 @@ def _extensions_and_cmdclass():
     )
 
     class SafeBuildExt(cpp_extension.BuildExtension):
-        """A failed extension build is reported and skipped: the package still installs (pure Python)."""
+        """A failed extension build is reported and skipped (the package still installs, pure Python), unless
+        ORTHOKERN_REQUIRE_EXTENSION / ORTHOKERN_REQUIRE_CUDA make it an error."""
 
         def run(self):
             try:
                 super().run()
             except Exception as e:  # noqa: BLE001
-                _warn(f"building orthokern._C failed ({type(e).__name__}: {e}); installing without it.")
+                _fail_or_warn(f"building orthokern._C failed ({type(e).__name__}: {e}); installing without it.",
+                              require_ext)
 
         def build_extension(self, ext):
             try:
                 super().build_extension(ext)
             except Exception as e:  # noqa: BLE001  (compiler missing, compile error, ...)
-                _warn(
+                _fail_or_warn(
                     f"building {ext.name} failed ({type(e).__name__}: {e}); installing orthokern without its "
-                    "compiled extension (pure-PyTorch implementations only)."
-                )
+                    "compiled extension (pure-PyTorch implementations only). Rebuild with "
+                    "`pip install -v --no-build-isolation .` to see the compiler's output.", require_ext)
 
     return [ext], {"build_ext": SafeBuildExt}
 
