@@ -14,6 +14,7 @@ CPU-only one. The measurements behind each rule are in ``bench/RESULTS.md`` and 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -280,6 +281,25 @@ def broken(G: torch.Tensor, O: torch.Tensor) -> torch.Tensor:
 
 # 5. resolve and run ------------------------------------------------------------------------------------------------
 
+# The environment the dispatch decides from: the machine's (_env.CURRENT), unless a caller stands in another one for
+# a while (the dry-run plan: a GPU machine's, on fake CUDA tensors; see ``assume``).
+_ASSUMED: list[Env] = []
+
+
+@contextlib.contextmanager
+def assume(env: Env):
+    """Within the block, decide as if on a machine described by ``env`` (for ``python -m orthokern.bench plan``)."""
+    _ASSUMED.append(env)
+    try:
+        yield env
+    finally:
+        _ASSUMED.pop()
+
+
+def current_env() -> Env:
+    return _ASSUMED[-1] if _ASSUMED else _env.CURRENT
+
+
 def resolve(method: str, backend: Optional[str], G: torch.Tensor, env: Optional[Env] = None,
             mode: str = "accurate") -> Impl:
     """The implementation of ``method`` (not "auto") to run on the tall batch ``G``.
@@ -287,7 +307,7 @@ def resolve(method: str, backend: Optional[str], G: torch.Tensor, env: Optional[
     ``backend=None`` takes the first implementation in :data:`ORDER` that can run and is preferred; a named backend
     that cannot run raises :class:`BackendUnavailable` saying why.
     """
-    env = env or _env.CURRENT
+    env = env or current_env()
     if backend is not None:
         impl = TABLE.get((method, backend))
         if impl is None:
@@ -322,7 +342,7 @@ def run(G: torch.Tensor, method: str, mode: str, rcond: float, backend: Optional
     """The polar factor of the tall batch G (B, m, n) by ``method`` ("auto" included) on ``backend``."""
     chosen, rc = method_and_rcond(G, method, mode, rcond)
     O = resolve(chosen, backend, G, env, mode).fn(G, mode=mode, rcond=rc)
-    if method != "auto" or G.is_cuda or env is not None or torch.compiler.is_compiling():
+    if method != "auto" or G.is_cuda or torch.compiler.is_compiling():
         return O
     bad = broken(G, O)
     if bool(bad.any()):

@@ -24,7 +24,7 @@ import torch
 
 from .. import ns_schedule as ns
 from ..reference.newton_schulz import low_precision_dtype
-from ..reference.scaling import compute_dtype, prepare, scale_and_finite, significant
+from ..reference.scaling import compute_dtype, per_matrix, prepare, scale_and_finite, significant
 from .newton_schulz import ns_step
 
 # The kernels index within one matrix in int32 (the batch offset is int64).
@@ -56,12 +56,12 @@ def scaled_gram64(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         finite = torch.isfinite(trace)
         e = torch.frexp(torch.where(finite, trace, 0.0).sqrt())[1]
         scale = torch.ldexp(torch.ones_like(trace), -e.to(torch.float64))
-        A = A * (scale * scale)[:, None, None]
-    return torch.where(finite[:, None, None], A, 0.0), finite, scale
+        A = A * per_matrix(scale * scale)
+    return torch.where(per_matrix(finite), A, 0.0), finite, scale
 
 
 def _nan_where_not(finite: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    return torch.where(finite[:, None, None], M, float("nan"))
+    return torch.where(per_matrix(finite), M, float("nan"))
 
 
 def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
@@ -72,13 +72,13 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
     lam, W = eigh(A)
     keep = significant(lam, rcond * rcond)
     inv = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
-    M = (W * inv[..., None, :]) @ W.mT
+    M = (W * inv.unsqueeze(-2)) @ W.mT
     work = compute_dtype(G.dtype)
     # The apply scales G on load by s1, a power of two representable in the compute dtype; what s1 leaves of the
     # scale (an all-subnormal float32 matrix needs 2^132) rides in M, which is computed in float64.
     lo, hi = torch.finfo(work).tiny, torch.finfo(work).max / 2
     s1 = scale.clamp(lo, hi)
-    M = _nan_where_not(finite, M * (scale / s1)[:, None, None]).to(work)
+    M = _nan_where_not(finite, M * per_matrix(scale / s1)).to(work)
     return _ops().triton_apply(G, M, s1.to(work), 0.0, 1.0, G.dtype, False)
 
 
@@ -128,7 +128,7 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tenso
     A2 = ops.triton_sym_poly(A, 0.0, 1.0, False)
     A, A2 = A.to(high), A2.to(high)
     t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
-    t = torch.where(t > 0, t, torch.ones_like(t))[:, None, None]
+    t = per_matrix(torch.where(t > 0, t, torch.ones_like(t)))
     s0 = steps[0]
     B0 = ((s0.b / (t * t)) * A + (s0.c / (t * t) ** 2) * A2).to(dts[0])
     X = ops.triton_apply((X / t).to(dts[0]), B0, None, s0.a, 1.0, dts[1], False)

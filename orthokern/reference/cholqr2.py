@@ -26,7 +26,7 @@ import torch
 
 from .. import ns_schedule as ns
 from .newton_schulz import step_factor
-from .scaling import scale_and_finite, significant
+from .scaling import per_matrix, scale_and_finite, significant
 
 _U64 = torch.finfo(torch.float64).eps / 2
 
@@ -47,7 +47,7 @@ def shift(A: torch.Tensor, m: int) -> torch.Tensor:
 def _shifted_cholesky(A: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, s): R^T R = A + s I, R upper triangular."""
     s = shift(A, m)
-    A = A + s[:, None, None] * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    A = A + per_matrix(s) * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     # cholesky_ex does not synchronise to check for failure; the shift makes failure impossible for finite A.
     return torch.linalg.cholesky_ex(A, upper=True)[0], s
 
@@ -55,7 +55,7 @@ def _shifted_cholesky(A: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tens
 def svd_small(R: torch.Tensor, rcond: float) -> torch.Tensor:
     """polar_k(R) of square R (B, n, n) by LAPACK's SVD."""
     W, sigma, Zh = torch.linalg.svd(R)
-    return (W * significant(sigma, rcond)[..., None, :].to(W.dtype)) @ Zh
+    return (W * significant(sigma, rcond).unsqueeze(-2).to(W.dtype)) @ Zh
 
 
 def newton_schulz_small(R: torch.Tensor, rcond: float) -> torch.Tensor:
@@ -63,7 +63,7 @@ def newton_schulz_small(R: torch.Tensor, rcond: float) -> torch.Tensor:
     >= rcond sigma_max go to 1 within 8 eps, weaker ones into [0, 1]."""
     steps = ns.steps_for("accurate", rcond, R.shape[-1], R.dtype)
     t = torch.linalg.matrix_norm((R.mT @ R) @ (R.mT @ R)).sqrt().sqrt() * ns.NORM_SAFETY
-    X = R / torch.where(t > 0, t, torch.ones_like(t))[:, None, None]
+    X = R / per_matrix(torch.where(t > 0, t, torch.ones_like(t)))
     for step in steps:
         X = X @ step_factor(X.mT @ X, step)
     return X
@@ -72,13 +72,13 @@ def newton_schulz_small(R: torch.Tensor, rcond: float) -> torch.Tensor:
 def polar_cholqr2(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
                   small_polar: Callable[[torch.Tensor, float], torch.Tensor] = svd_small) -> torch.Tensor:
     scale, finite = scale_and_finite(G)
-    ok = finite[:, None, None]
-    X = G * scale.to(torch.float64)[:, None, None]  # scaled and upcast in one multiply
+    ok = per_matrix(finite)
+    X = G * per_matrix(scale.to(torch.float64))  # scaled and upcast in one multiply
     m = X.shape[-2]
     # LAPACK refuses NaN: factor zeros instead for non-finite matrices, whose result is made NaN through M.
     R1, _ = _shifted_cholesky(torch.where(ok, X.mT @ X, 0.0), m)
     Q1 = torch.linalg.solve_triangular(R1, X, upper=True, left=False)
     R2, s2 = _shifted_cholesky(torch.where(ok, Q1.mT @ Q1, 0.0), m)
-    P = small_polar(R2 @ R1, rcond) * (1.0 + s2).sqrt()[:, None, None]
+    P = small_polar(R2 @ R1, rcond) * per_matrix((1.0 + s2).sqrt())
     M = torch.linalg.solve_triangular(R2, P, upper=True, left=True)
     return (Q1 @ torch.where(ok, M, float("nan"))).to(G.dtype)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .scaling import gram64, prepare, significant
+from .scaling import gram64, per_matrix, prepare, significant
 
 
 def inverse_sqrt(A: torch.Tensor, rcond: float) -> torch.Tensor:
@@ -24,12 +24,12 @@ def inverse_sqrt(A: torch.Tensor, rcond: float) -> torch.Tensor:
     lam, W = torch.linalg.eigh(A)
     keep = significant(lam, rcond * rcond)
     inv = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
-    return (W * inv[..., None, :]) @ W.mT
+    return (W * inv.unsqueeze(-2)) @ W.mT
 
 
 def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
     X, finite = prepare(G)
     # LAPACK refuses NaN: decompose zeros instead, and make the small factor NaN so the result is all NaN.
-    A = torch.where(finite[:, None, None], gram64(X), 0.0)
-    M = torch.where(finite[:, None, None], inverse_sqrt(A, rcond), float("nan"))
+    A = torch.where(per_matrix(finite), gram64(X), 0.0)
+    M = torch.where(per_matrix(finite), inverse_sqrt(A, rcond), float("nan"))
     return (X @ M.to(X.dtype)).to(G.dtype)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .. import ns_schedule as ns
-from .scaling import GRAM64_BLOCK, compute_dtype, gram64, prepare
+from .scaling import GRAM64_BLOCK, compute_dtype, gram64, per_matrix, prepare
 
 
 def low_precision_dtype(G: torch.Tensor) -> torch.dtype:
@@ -43,7 +43,7 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
     A = X.mT @ X
     A2 = A @ A
     t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
-    t = torch.where(t > 0, t, torch.ones_like(t))[:, None, None]
+    t = per_matrix(torch.where(t > 0, t, torch.ones_like(t)))
     P = step_factor(A / t**2, steps[0], A2 / t**4) / t
     for i, step in enumerate(steps):
         X = X.to(low if step.precision == "low" else high)
@@ -70,7 +70,7 @@ def gram_side_factor(A: torch.Tensor, steps: tuple[ns.Step, ...]) -> torch.Tenso
     eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     A2 = A @ A
     t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
-    t = torch.where(t > 0, t, torch.ones_like(t))[:, None, None]
+    t = per_matrix(torch.where(t > 0, t, torch.ones_like(t)))
     Y, Y2, Q = A / t**2, A2 / t**4, eye / t
     for i, step in enumerate(steps):
         P = step_factor(Y, step, Y2 if i == 0 else None)
@@ -98,6 +98,6 @@ def polar_newton_schulz_gram_side(G: torch.Tensor, *, mode: str = "accurate", rc
     one pass over G for the Gram matrix, one for the result. The schedule is polished to the output dtype's
     tolerance: more float64 steps would polish digits the final rounding removes."""
     X, finite = prepare(G)
-    A = torch.where(finite[:, None, None], gram64(X), 0.0)
+    A = torch.where(per_matrix(finite), gram64(X), 0.0)
     Q = gram_side_factor(A, ns.steps_for(mode, rcond, X.shape[-1], X.dtype))
-    return apply64(X, torch.where(finite[:, None, None], Q, float("nan")), G.dtype)
+    return apply64(X, torch.where(per_matrix(finite), Q, float("nan")), G.dtype)

@@ -30,6 +30,13 @@ def _exponent_range(dtype: torch.dtype) -> tuple[int, int]:
 _EXPONENTS = {dt: _exponent_range(dt) for dt in (torch.float32, torch.float64)}
 
 
+def per_matrix(x: torch.Tensor) -> torch.Tensor:
+    """A per-matrix value (B,) shaped (B, 1, 1) to broadcast over a batch of matrices. A view, not Python
+    indexing: ``python -m orthokern.bench plan`` runs this code on fake CUDA tensors, which a CPU-only torch cannot
+    index (its indexing takes a CUDA device guard)."""
+    return x.view(-1, 1, 1)
+
+
 def scale_and_finite(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, finite) per matrix of G (B, m, n): ``scale`` = 2^-e in the compute dtype with max|scale G| in
     [0.5, 1) (clamped to the dtype's normal range), ``finite`` = no NaN/Inf in the matrix. One pass over G, no
@@ -47,7 +54,7 @@ def prepare(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(X, finite): X = scale * G in the compute dtype (one pass: the multiply also does the cast), and the
     finite flags of :func:`scale_and_finite`. X holds NaN/Inf where G does."""
     scale, finite = scale_and_finite(G)
-    return G * scale[:, None, None], finite
+    return G * per_matrix(scale), finite
 
 
 def significant(values: torch.Tensor, threshold: float) -> torch.Tensor:

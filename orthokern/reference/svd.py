@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from .scaling import scale_and_finite, significant
+from .scaling import per_matrix, scale_and_finite, significant
 
 
 def polar_svd(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
     scale, finite = scale_and_finite(G)
     # Scale and upcast in one multiply (type promotion), then zero the non-finite matrices: LAPACK refuses NaN.
-    X = torch.where(finite[:, None, None], G * scale.to(torch.float64)[:, None, None], 0.0)
+    X = torch.where(per_matrix(finite), G * per_matrix(scale.to(torch.float64)), 0.0)
     U, s, Vh = torch.linalg.svd(X, full_matrices=False)
     keep = significant(s, rcond)
-    Vh = torch.where(finite[:, None, None], Vh * keep[..., :, None].to(Vh.dtype), float("nan"))
+    Vh = torch.where(per_matrix(finite), Vh * keep.unsqueeze(-1).to(Vh.dtype), float("nan"))
     return (U @ Vh).to(G.dtype)
