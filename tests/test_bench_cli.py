@@ -70,7 +70,9 @@ def test_default_entries_polar_g_once_and_backend_none(default_run):
         assert ours == {"svd", "gram_eigh/accurate", "gram_eigh/fast", "newton_schulz/accurate",
                         "newton_schulz/fast", "cholqr2"}
         assert all(r["backend"] is None for r in recs if r["kind"] != "peer")
-        expected_peers = set(peers.PEERS) - ({"torch_svd_tall"} if shape == "2x24x8" else set())
+        # --quick leaves out the batched twin of torch's Muon iteration (named in --methods, it runs).
+        tall = {"torch_svd_tall"} if shape == "2x24x8" else set()
+        expected_peers = set(peers.PEERS) - {cli.QUICK_SKIPS_PEER} - tall
         assert {r["label"] for r in recs if r["kind"] == "peer"} == expected_peers
         polar = next(r for r in recs if r["label"] == "polar(G)")
         assert polar["ran_on"] == "gram_eigh/" + dispatch.resolve("gram_eigh", None, torch.zeros(1, 24, 8)).backend
@@ -107,11 +109,12 @@ def test_default_run_writes_a_paired_plot_and_results_md(default_run):
 
 def test_detail_and_backends(tmp_path, capsys):
     rc, stdout, stderr, data = _run(tmp_path, capsys, "--detail", "--backends", "torch,cpp", "--methods",
-                                    "auto,gram_eigh,torch_svd")
+                                    "auto,gram_eigh,torch_svd,muon_ns5_batched")
     assert rc == 0, stderr
     labels = {r["label"] for r in data["results"] if r["shape"] == "2x24x8"}
     assert labels == {"polar(G)", "gram_eigh/torch/accurate", "gram_eigh/torch/fast", "gram_eigh/cpp/accurate",
-                      "gram_eigh/cpp/fast", "torch_svd"} or "cpp" not in orthokern.available_backends("cpu")
+                      "gram_eigh/cpp/fast", "torch_svd", "muon_ns5_batched"} or \
+        "cpp" not in orthokern.available_backends("cpu")
     for label in labels:
         assert label in stdout  # the detail table lists every entry
     assert "‖O‖₂" in stdout
