@@ -97,3 +97,26 @@ def test_grouped_gradients_one_batch_per_shape():
     nn.CrossEntropyLoss()(model(torch.randn(2, 3, 8, 8)), torch.tensor([1, 2])).backward()
     groups = train.grouped_gradients(model)
     assert sorted(tuple(g.shape) for g in groups) == [(1, 8, 27), (1, 1000, 8)]
+
+
+def test_cli_train_suite(tmp_path, capsys, monkeypatch):
+    from orthokern.bench import cli
+
+    monkeypatch.setattr(train, "resnet50", lambda: (_Tiny(), "tiny"))
+    threads = []
+    real_step = train._step
+
+    def step(*a):
+        threads.append(torch.get_num_threads())
+        return real_step(*a)
+
+    monkeypatch.setattr(train, "_step", step)
+    before = torch.get_num_threads()
+    rc = cli.main(["--suite", "train", "--device", "cpu", "--out", str(tmp_path), "--rounds", "1", "--max-rounds",
+                   "1", "--train-image", "8", "--results-md", str(tmp_path / "R.md")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "all 2 gradients: polar(G)" in out.out and "1 torch thread" in out.out
+    assert set(threads) == {1} and torch.get_num_threads() == before
+    assert (tmp_path / "train.json").exists() and "<!-- BEGIN train-cpu -->" in (tmp_path / "R.md").read_text()
+    assert "phase 2/2" in out.err

@@ -96,12 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="./bench-out", help=f"directory for results.json and {PLOT_FILE}")
     p.add_argument("--results-md", default=None, help="update this RESULTS.md with the tables (e.g. bench/RESULTS.md)")
     p.add_argument("--rounds", type=int, default=None,
-                   help="at least this many interleaved rounds per case (default 5)")
+                   help="at least this many interleaved rounds per case (default 5; train suite: timed steps per "
+                   "optimiser and rounds over the gradients, default 3 on a CPU, 10 on a GPU)")
     p.add_argument("--max-rounds", type=int, default=None,
-                   help="at most this many rounds per case (default 25; 50 at full size)")
+                   help="at most this many rounds per case (default 25; 50 at full size; train: 5 on a CPU, 30 "
+                   "on a GPU)")
     p.add_argument("--case-seconds", type=float, default=None,
                    help="time budget of a case's rounds: more rounds (past --rounds) while it lasts "
-                   "(default 2.5 with --quick; at full size 5 on a GPU, 15 on a CPU)")
+                   "(default 2.5 with --quick; at full size 5 on a GPU, 15 on a CPU; train: per phase, 20 on a "
+                   "CPU, 60 on a GPU)")
     p.add_argument("--accuracy-matrices", type=int, default=8,
                    help="check accuracy on at most this many matrices of a batch (evenly spread)")
     p.add_argument("--threads", type=int, default=None,

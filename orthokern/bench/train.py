@@ -228,11 +228,11 @@ def time_all_gradients(groups: list[torch.Tensor], device, *, methods, modes, pe
 
 def run_train(device: torch.device, *, batch: int, image: int, methods: Sequence[str], modes: Sequence[str],
               peers: Sequence[str], warmup: int = 1, min_rounds: int = 3, max_rounds: int = 10,
-              budget_s: float = 30.0, lr: float = 1e-3, model_fn=resnet50, progress: bool | Log = True) -> dict:
+              budget_s: float = 30.0, lr: float = 1e-3, model_fn=None, progress: bool | Log = True) -> dict:
     """Both phases; the record :func:`format_train` prints."""
     log = progress if isinstance(progress, Log) else Log(progress)
     torch.manual_seed(0)
-    base, source = model_fn()
+    base, source = (model_fn or resnet50)()
     base = base.to(device)
     x = torch.randn(batch, 3, image, image, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
@@ -355,10 +355,10 @@ def main_train(args, device: torch.device, command: str, threads: int, load_star
         # (AVX2 only) compute tens of times slower than float32: name it in --methods to include it.
         methods, peers = ["auto"], []
     modes = [m.strip() for m in args.modes.split(",")] if args.modes else ["accurate"]
-    quick_cpu = not cuda and args.quick
-    min_rounds = args.rounds or (3 if quick_cpu else 10)
-    max_rounds = max(args.max_rounds or (5 if quick_cpu else 30), min_rounds)
-    budget = args.case_seconds if args.case_seconds is not None else (20.0 if quick_cpu else 60.0)
+    # A CPU pass over the ResNet-50 gradients takes seconds: fewer rounds there.
+    min_rounds = args.rounds or (10 if cuda else 3)
+    max_rounds = max(args.max_rounds or (30 if cuda else 5), min_rounds)
+    budget = args.case_seconds if args.case_seconds is not None else (60.0 if cuda else 20.0)
     progress = not args.no_progress
     meta = report.environment(device, threads, load_start, cores)
     meta["command"] = command
