@@ -20,8 +20,9 @@ TINY = ["--shapes", "2x24x8,12x20", "--spectra", "decaying", "--quick", "--no-pr
 
 
 def _run(tmp_path, capsys, *extra):
+    """One small case (the later --shapes wins over TINY's), for the tests that need a run but not two cases."""
     out = tmp_path / "out"
-    rc = cli.main([*TINY, "--out", str(out), *extra])
+    rc = cli.main([*TINY, "--shapes", "2x24x8", "--out", str(out), *extra])
     captured = capsys.readouterr()
     data = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else None
     return rc, captured.out, captured.err, data
