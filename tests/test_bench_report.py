@@ -49,7 +49,7 @@ def test_summary_row_and_answer():
     assert row["E polar(G)"] == "2.0e-06" and row["E svd"] == "1.0e-06" and row["runs"] == "gram_eigh/torch"
     assert row["best accurate peer (vs svd, E)"] == "polar_express 2.00x E 9.0e-07"
     assert report.answer_lines(recs) == [
-        "custom 1x64x16 float32 decaying: polar(G) vs torch.linalg.svd: 4.00x faster (in CPU time 4.00x), "
+        "custom 1x64x16 float32 decaying: polar(G) vs torch.linalg.svd: 4.00x faster (in CPU time: 4.00x faster), "
         "E = 2.0e-06 (svd 1.0e-06)"]
     slow = case()
     slow[0]["speedup_vs_svd"], slow[0]["speedup_cpu"] = 0.5, None

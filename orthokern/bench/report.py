@@ -213,7 +213,7 @@ def answer_lines(records: Sequence[dict]) -> list[str]:
         p, s = recs.get(POLAR_G), recs.get(BASELINE)
         if p is None or s is None or p["speedup_vs_svd"] is None:
             continue
-        cpu = "" if p.get("speedup_cpu") is None else f" (in CPU time {fmt_x(p['speedup_cpu'])})"
+        cpu = "" if p.get("speedup_cpu") is None else f" (in CPU time: {faster(p['speedup_cpu'])})"
         text = (f"{suite} {shape} {dtype} {spectrum}: polar(G) vs torch.linalg.svd: {faster(p['speedup_vs_svd'])}"
                 f"{cpu}, E = {fmt_E(p)} (svd {fmt_E(s)})")
         if recs.get(BASELINE_TALL) is not None and p["speedup_vs_svd_tall"] is not None:

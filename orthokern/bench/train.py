@@ -306,7 +306,7 @@ def format_train(res: dict) -> str:
     p, s, st = rows.get("polar(G)"), rows[SVD_ROW], rows[SVD_T_ROW]
     lines.append("")
     if p is not None:
-        in_cpu = "" if p["speedup_cpu"] is None else f" (in CPU time {report.fmt_x(p['speedup_cpu'])})"
+        in_cpu = "" if p["speedup_cpu"] is None else f" (in CPU time: {report.faster(p['speedup_cpu'])})"
         lines.append(f"all {g['gradients']} gradients: polar(G) {_ms(p['median_s'])} vs torch.linalg.svd "
                      f"{_ms(s['median_s'])}: {report.faster(p['speedup_vs_svd'])}{in_cpu} (svd of Gᵀ for the wide "
                      f"ones: {_ms(st['median_s'])}, {report.faster(p['speedup_vs_svd_tall'])}); E = {p['E']:.1e} "
