@@ -26,9 +26,11 @@ def pytest_addoption(parser):
     g.addoption("--bench-device", default=None, help="cpu or cuda (default: cuda when available)")
     g.addoption("--bench-suite", default="all", help="comma-separated suites (resnet50, resnet18, tall, square, all)")
     g.addoption("--bench-spectra", default=None, help="comma-separated spectra, or 'all'")
-    g.addoption("--bench-methods", default=None, help="comma-separated orthokern methods and peers")
+    g.addoption("--bench-methods", default=None, help="comma-separated orthokern methods ('auto' = polar(G)) and peers")
+    g.addoption("--bench-backends", default=None,
+                help="comma-separated backends for the non-auto methods (default: backend=None, the best available)")
     g.addoption("--bench-threads", type=int, default=None,
-                help="torch CPU threads (1 gives steadier timings on a shared CPU)")
+                help="torch CPU threads (default 1 on a CPU: a shared CPU's extra threads stall small calls)")
 
 
 def pytest_configure(config):
@@ -36,8 +38,11 @@ def pytest_configure(config):
     if not config.pluginmanager.hasplugin("benchmark"):
         raise pytest.UsageError("bench/ needs pytest-benchmark: pip install pytest-benchmark "
                                 "(or run `python -m orthokern.bench`, which does not)")
-    if config.getoption("--bench-threads"):
-        torch.set_num_threads(config.getoption("--bench-threads"))
+    threads = config.getoption("--bench-threads")
+    if threads is None and bench_device(config).type == "cpu":
+        threads = 1
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def bench_device(config) -> torch.device:
@@ -60,11 +65,12 @@ def bench_cases(config) -> list[suites.Case]:
 def bench_entries(config) -> list[runner.Entry]:
     methods = config.getoption("--bench-methods")
     ours, peers = runner.split_methods(methods.split(",") if methods else None)
-    # torch_svd and Muon first: the speed-up column and the fast-mode accuracy check refer to them.
-    peers = sorted(peers, key=lambda p: (p != runner.BASELINE, p != runner.MUON))
-    entries = runner.make_entries([], peers, [], []) + runner.make_entries(
-        ours, [], default_backends(bench_device(config)), list(orthokern.MODES))
-    return entries
+    backends = config.getoption("--bench-backends")
+    backends = ([None] if not backends else default_backends(bench_device(config)) if backends == "all"
+                else backends.split(","))
+    entries = runner.make_entries(ours, peers, backends, list(orthokern.MODES))
+    # torch_svd and Muon first: the speed-up and the fast-mode accuracy check refer to them.
+    return sorted(entries, key=lambda e: (e.label != runner.BASELINE, e.label != runner.MUON, not e.is_peer))
 
 
 def pytest_generate_tests(metafunc):

@@ -1,13 +1,12 @@
-"""Pieces of the benchmark harness: cached accuracy, peers, floor, suites, training-step runner."""
+"""Pieces of the benchmark harness: cached accuracy, peers, floor, suites, real gradients."""
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import orthokern
 from orthokern import testing
-from orthokern.bench import floor, peers, suites, train
+from orthokern.bench import floor, peers, suites
 from orthokern.testing import Reference
 
 
@@ -72,6 +71,14 @@ def test_peers_keep_input_and_shape(name, dtype):
     assert peers.PEERS[name](Gw).shape == Gw.shape
 
 
+def test_svd_of_the_tall_orientation_peer():
+    G = testing.random_matrix(2, 12, 30, "decaying", seed=6)  # wide
+    O = peers.torch_svd_tall(G)
+    assert O.shape == G.shape and testing.accuracy(G, O).E < 1e-5
+    Gt = G.mT.contiguous()  # tall: the same as torch_svd
+    assert torch.equal(peers.torch_svd_tall(Gt), peers.torch_svd(Gt))
+
+
 def test_polar_express_and_svd_peers_are_accurate_in_float32():
     G = testing.random_matrix(2, 48, 16, "decaying", seed=5)
     assert testing.accuracy(G, peers.torch_svd(G)).E < 1e-5
@@ -107,42 +114,6 @@ def test_make_cases_quick_and_full():
     assert {c.dtype for c in full if c.suite == "square"} == {torch.float32, torch.bfloat16}
     assert all(c.full is not None for c in quick if c.suite == "tall")
     assert suites.parse_shapes("2x64x16, 32x48") == [(2, 64, 16), (1, 32, 48)]
-
-
-class _Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3)
-        self.fc = nn.Linear(8, 1000)
-
-    def forward(self, x):
-        return self.fc(self.conv(x).mean((-2, -1)))
-
-
-def _run_tiny(monkeypatch, opt_cls):
-    monkeypatch.setattr(train, "find_fast_orthogonal_sgd", lambda: opt_cls)
-    return train.run_train(torch.device("cpu"), batch=2, image=8, methods=["auto"], modes=["accurate"],
-                           peers=["torch_svd"], rounds=2, max_entry_s=1.0, model_fn=lambda: (_Tiny(), "tiny"))
-
-
-def test_train_runner_without_the_optimiser_says_so(monkeypatch):
-    res = _run_tiny(monkeypatch, None)
-    assert [s["optimizer"] for s in res["steps"]] == ["torch.optim.SGD(momentum=0.9)"]
-    assert "FastOrthogonalSGD" in res["skipped"][0]
-    assert sorted(map(tuple, res["gradient_groups"])) == [(1, 8, 27), (1, 1000, 8)]
-    assert {o["method"] for o in res["optimizer_only"]} == {"auto", "torch_svd"}
-    assert "optimiser only" in train.format_train(res)
-
-
-def test_train_runner_reports_overhead(monkeypatch):
-    class FakeOrthogonalSGD(torch.optim.SGD):
-        def __init__(self, params, lr, momentum=0.9, *, method="auto", mode="accurate"):
-            super().__init__(params, lr=lr, momentum=momentum)
-            self.method, self.mode = method, mode
-
-    res = _run_tiny(monkeypatch, FakeOrthogonalSGD)
-    step = res["steps"][1]
-    assert step["method"] == "auto" and "overhead_s" in step and "overhead_pct" in step
 
 
 def test_real_spectrum_only_for_resnet_suites_at_layer_shapes():

@@ -43,24 +43,30 @@ def _median_seconds(fn, device) -> float:
     return time_fn(fn, device=device, rounds=20, warmup=3, min_round_s=5e-3).median
 
 
+def _copy_rate(device: torch.device, mib: int) -> float:
+    """Bytes read plus written per second by a device-to-device copy of ``mib`` MiB."""
+    src = torch.empty(mib << 20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / _median_seconds(lambda: dst.copy_(src), device)
+
+
+def _matmul_rate(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    """flop/s of an n x n matmul in ``dtype``."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    return 2 * n**3 / _median_seconds(lambda: a @ b, device)
+
+
 def measure_rates(device: torch.device | str, copy_mib: int = 1024, matmul_n: int = 8192) -> Optional[DeviceRates]:
     """Copy bandwidth and matmul rates of a CUDA device; None on any other device."""
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    src = torch.empty(copy_mib << 20, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    t = _median_seconds(lambda: dst.copy_(src), device)
-    copy_rate = 2 * src.numel() / t
-    del src, dst
+    copy_rate = _copy_rate(device, copy_mib)
     rates = {}
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         n = matmul_n if dtype != torch.float64 else matmul_n // 2
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        t = _median_seconds(lambda: a @ b, device)
-        rates[str(dtype).replace("torch.", "")] = 2 * n**3 / t
-        del a, b
+        rates[str(dtype).replace("torch.", "")] = _matmul_rate(device, dtype, n)
     torch.cuda.empty_cache()
     return DeviceRates(copy_rate, rates)
 
@@ -81,7 +87,7 @@ def method_flops(method: str, mode: str, case: Case, device_type: str = "cuda") 
     cdt = _compute_dtype(case.dtype)
     if method == "auto":
         method = dispatch.choose_method(m, n, device_type, mode)
-    if method in ("svd", "torch_svd"):
+    if method in ("svd", "torch_svd", "torch_svd_tall"):
         # R-SVD with U_1 and V (Golub & Van Loan, table 8.6.1): 6 m n^2 + 20 n^3, plus U V^T.
         return [(6 * mn2 + 20 * n3 + 2 * mn2, cdt)]
     if method == "gram_eigh":

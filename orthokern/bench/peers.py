@@ -1,7 +1,12 @@
 """The methods orthokern is compared against, each run the way its users run it.
 
 * ``torch_svd``: ``torch.linalg.svd`` then U V^T, the method of the Orthogonal-SGDM paper (Tuddenham et al.).
-  Half-precision input is upcast to float32 (``linalg.svd`` has no bfloat16 kernel).
+  Half-precision input is upcast to float32 (``linalg.svd`` has no bfloat16 kernel). The baseline of every
+  speed-up.
+* ``torch_svd_tall``: the same on the tall orientation, ``torch.linalg.svd`` of G^T when G is wide (transposed
+  back after). orthokern computes on the tall orientation too, and LAPACK's SVD of a wide matrix can cost more
+  than of its transpose, so this is the fair SVD baseline for wide shapes (issue 10). Identical to ``torch_svd``
+  on tall input, where the runner does not run it.
 * ``muon_ns5``: the 5-step Newton–Schulz quintic that ``torch.optim.Muon`` applies, calling torch's own
   ``torch.optim._muon._zeropower_via_newtonschulz`` once per matrix as the optimiser does per parameter.
   Where the installed torch has no Muon, ``muon_ns5`` is the reimplementation below instead (credited to
@@ -38,6 +43,12 @@ def torch_svd(G: torch.Tensor) -> torch.Tensor:
     X = G if G.dtype in (torch.float32, torch.float64) else G.float()
     U, _, Vh = torch.linalg.svd(X, full_matrices=False)
     return (U @ Vh).to(G.dtype)
+
+
+def torch_svd_tall(G: torch.Tensor) -> torch.Tensor:
+    if G.shape[-2] >= G.shape[-1]:
+        return torch_svd(G)
+    return torch_svd(G.mT).mT
 
 
 def muon_ns5_batched(G: torch.Tensor, steps: int = MUON_STEPS) -> torch.Tensor:
@@ -82,6 +93,7 @@ def polar_express(G: torch.Tensor) -> torch.Tensor:
 
 PEERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "torch_svd": torch_svd,
+    "torch_svd_tall": torch_svd_tall,
     "muon_ns5": muon_ns5,
     "muon_ns5_batched": muon_ns5_batched,
     "polar_express": polar_express,
@@ -92,5 +104,6 @@ def peer_source(name: str) -> str:
     """Where a peer's implementation comes from, for the report."""
     if name == "muon_ns5":
         return "torch.optim._muon" if _torch_muon_fn() is not None else "reimplementation (torch has no Muon)"
-    return {"torch_svd": "torch.linalg.svd", "muon_ns5_batched": "reimplementation of torch Muon, batched",
+    return {"torch_svd": "torch.linalg.svd", "torch_svd_tall": "torch.linalg.svd of G^T when G is wide",
+            "muon_ns5_batched": "reimplementation of torch Muon, batched",
             "polar_express": "plain torch, Amsel et al. 2025"}[name]
