@@ -4,7 +4,7 @@
     P = orthokern.polar(G)                       # (..., m, n) -> nearest orthonormal, same shape and dtype
     orthokern.available_backends()               # e.g. ['torch', 'cpp']
 """
-from . import _env
+from . import _env, monitor, nn, optim
 from ._polar import DEFAULT_RCOND, polar
 from ._version import __version__
 from .dispatch import BACKENDS, METHODS, MODES, BackendUnavailable, available_backends, info

@@ -113,9 +113,18 @@ def lower_bound(n: int, rcond: float) -> float:
     return rcond * n ** (-1.0 / 8.0) / NORM_SAFETY
 
 
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without its cost: that function imports torch._dynamo (2 s of
+    ``import orthokern``) only to set this attribute, which dynamo reads when it meets ``fn`` (torch 2.11 - 2.13).
+    tests/test_polar_compile_autograd.py compiles polar with fullgraph=True, which fails if dynamo stops honouring
+    it."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 # torch.compile calls it at trace time and bakes the steps into the graph: the result depends only on these Python
 # constants, and its numpy simulation is nothing dynamo should trace.
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def schedule(mode: str, rcond: float, n: int, tol: float, max_steps: int = 60) -> tuple[Step, ...]:
     key = (mode, rcond, n, tol, max_steps)
     if key not in _SCHEDULES:

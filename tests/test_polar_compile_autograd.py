@@ -68,3 +68,14 @@ def test_compile_fullgraph_with_backward():
     compiled_grad, G.grad = G.grad.clone(), None
     loss(G).backward()
     torch.testing.assert_close(compiled_grad, G.grad)
+
+
+def test_schedule_built_inside_a_compiled_region():
+    """The schedule's numpy simulation must not be traced: it is marked constant (ns_schedule._assume_constant_result),
+    so a schedule first needed inside torch.compile is built eagerly and baked in."""
+    from orthokern import ns_schedule as ns
+
+    ns._SCHEDULES.clear()
+    f = torch.compile(lambda G: orthokern.polar(G, method="newton_schulz", rcond=3e-4), fullgraph=True)
+    G = torch.randn(3, 40, 8, dtype=torch.float64)
+    torch.testing.assert_close(f(G), orthokern.polar(G, method="newton_schulz", rcond=3e-4))
