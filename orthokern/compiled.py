@@ -88,3 +88,20 @@ def gram_ns_factor(A: torch.Tensor, steps) -> torch.Tensor:
     """The Gram-side Newton–Schulz factor Q (B, n, n) of float64 Gram matrices A for the schedule ``steps``
     (``orthokern.ns_schedule.Step`` tuples): the fused kernel of ``csrc/gram_ns_factor.h``, n <= 64."""
     return torch.ops.orthokern.gram_ns_factor(A, [float(v) for s in steps for v in s[:3]])
+
+
+def _gram_ns_factor_cost(args, kwargs, out):
+    from ._cost import Launch
+
+    A, coeffs = args[0], args[1]
+    B, n = A.shape[0], A.shape[-1]
+    steps = [coeffs[i:i + 3] for i in range(0, len(coeffs), 3)]
+    products = 1 + sum((k > 0 and c != 0.0) + 1 + 2 * (k + 1 < len(steps)) for k, (_, _, c) in enumerate(steps))
+    # One block per matrix; its products are float64 fused multiply-adds on CUDA cores (csrc/gram_ns_factor.h).
+    return [Launch("cuda gram_ns_factor_kernel", {"fma64": 2.0 * B * n**3 * products}, 2.0 * B * n * n * 8)]
+
+
+if REGISTERED:
+    from ._cost import register_cost
+
+    register_cost("orthokern.gram_ns_factor.default")(_gram_ns_factor_cost)

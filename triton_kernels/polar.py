@@ -24,7 +24,7 @@ import torch
 
 from .. import ns_schedule as ns
 from ..reference.newton_schulz import low_precision_dtype
-from ..reference.scaling import compute_dtype, per_matrix, prepare, scale_and_finite, significant
+from ..reference.scaling import compute_dtype, per_matrix, scale_and_finite, significant
 from .newton_schulz import ns_step
 
 # The kernels index within one matrix in int32 (the batch offset is int64).
@@ -109,30 +109,31 @@ def _newton_schulz_gram_side(G: torch.Tensor, mode: str, rcond: float, factor: F
 
 
 def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tensor:
-    """Each step three fused kernels on X (m x n) (``ns_step``)."""
+    """The steps on X (m x n) itself, each a fused ``ns_step`` (Gram, polynomial, apply with the residual).
+
+    Step 0 reads G raw: one reduction gives the power-of-two scale, the Gram kernel applies it on load, and the first
+    apply reads G again with the scale and writes X_1 = (s G / t) P_0 in the next step's dtype, P_0 = a I + b A + c A^2
+    with A normalised (the 1/t of ||A^2||_F^{1/4} rides in P_0). No scaled or converted copy of G is made: G is read
+    three times and every later step reads X twice and writes it once.
+    """
     ops = _ops()
-    X, _ = prepare(G)
-    n = X.shape[-1]
-    high = X.dtype
+    scale, _ = scale_and_finite(G)
+    high = compute_dtype(G.dtype)
     low = low_precision_dtype(G) if mode == "fast" else high
-    steps = ns.steps_for(mode, rcond, n, high)
+    steps = ns.steps_for(mode, rcond, G.shape[-1], high)
     dts = [low if s.precision == "low" else high for s in steps] + [high]
 
-    # Normalisation by ||A^2||_F^{1/4} (see ns_schedule.NORM_SAFETY) from the first Gram and its square, in
-    # step 0's dtype (bfloat16 tensor-core products in fast mode on a GPU: a float32 A and A^2 would cost about as
-    # much as all the bfloat16 steps at n = 4096, and a 0.4% error in ||A^2||_F moves t by 0.1%, well inside the 1%
-    # safety factor). Step 0's polynomial is then formed from them with the 1/t^2, 1/t^4 folded into its
-    # coefficients (an n x n elementwise op), and X is scaled once for step 0.
-    X0 = X.to(dts[0])
-    A = ops.triton_sym_gram(X0, None, dts[0] == torch.float64, dts[0], 0, False)
+    # Step 0's Gram in the compute dtype (its normalisation needs the weak directions' scale, not bfloat16's), then
+    # P_0 on the n x n side.
+    A = ops.triton_sym_gram(G, scale, high == torch.float64, high, 0, False)
     A2 = ops.triton_sym_poly(A, 0.0, 1.0, False)
-    A, A2 = A.to(high), A2.to(high)
     t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
     t = per_matrix(torch.where(t > 0, t, torch.ones_like(t)))
     s0 = steps[0]
-    B0 = ((s0.b / (t * t)) * A + (s0.c / (t * t) ** 2) * A2).to(dts[0])
-    X = ops.triton_apply((X / t).to(dts[0]), B0, None, s0.a, 1.0, dts[1], False)
+    P0 = (s0.b / t**2) * A + (s0.c / t**4) * A2
+    P0.diagonal(dim1=-2, dim2=-1).add_(s0.a)
+    X = ops.triton_apply(G, (P0 / t).to(dts[0]), scale, 0.0, 1.0, dts[1], False)
     for i in range(1, len(steps)):
         step = steps[i]
-        X = ns_step(X.to(dts[i]), step.a, step.b, step.c, out_dtype=dts[i + 1])
+        X = ns_step(X, step.a, step.b, step.c, out_dtype=dts[i + 1])
     return X.to(G.dtype)

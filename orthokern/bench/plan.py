@@ -37,7 +37,10 @@ from .suites import RESNET50_SHAPES, SQUARE_SHAPES, TALL_SHAPES
 # Ops that move no data (views, metadata, allocation without a fill).
 _FREE = {
     "aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default", "aten.new_empty.default",
-    "aten.new_empty_strided.default", "aten.lift_fresh.default", "aten.detach.default", "aten.clone.default:view",
+    "aten.new_empty_strided.default", "aten.lift_fresh.default", "aten.detach.default", "aten._unsafe_view.default",
+    "aten._reshape_alias.default", "aten.alias.default",
+    # a Python number wrapped as a 0-dim CPU tensor for an elementwise op: no device work
+    "aten.scalar_tensor.default",
 }
 # Ops that read a value back to the host: a synchronisation with the device.
 _SYNC = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.is_nonzero.default", "aten.equal.default",
@@ -76,7 +79,7 @@ def _matmul_unit(dtype: torch.dtype) -> str:
 
 def aten_launches(name: str, func, args, kwargs, out) -> list[Launch]:
     """The cost model of an aten op on a GPU (one launch per op unless it moves no data)."""
-    if name in _FREE or getattr(func, "is_view", False):
+    if name in _FREE or name.startswith("prim.") or getattr(func, "is_view", False):
         return []
     outs = list(_tensors(out))
     ins = [t for t in _tensors((args, kwargs)) if isinstance(t, torch.Tensor)]
@@ -99,6 +102,7 @@ def aten_launches(name: str, func, args, kwargs, out) -> list[Launch]:
 class Record:
     op: str
     launches: list[Launch]
+    largest: int  # elements of the largest tensor the op reads or writes (a full-size pass if B m n)
 
 
 class Recorder(TorchDispatchMode):
@@ -132,7 +136,8 @@ class Recorder(TorchDispatchMode):
         if name in _EIGENSOLVERS:
             A = args[0]
             self.eigensolvers.append((name, A.numel() // max(1, A.shape[-1] ** 2), A.shape[-1]))
-        self.records.append(Record(name, launches))
+        largest = max((t.numel() for t in _tensors((args, kwargs, out))), default=0)
+        self.records.append(Record(name, launches, largest))
         return out
 
 
@@ -173,18 +178,24 @@ def _device_model(device: _cost.DeviceModel):
         common._sm_count = saved
 
 
-def plan_case(case: Case, mode: str, device: _cost.DeviceModel, rcond: float = 1e-3) -> dict:
-    """Run the dispatch of ``polar(G, mode=mode)`` for every bucket of ``case`` on fake CUDA tensors and total it."""
+def record(case: Case, mode: str, device: _cost.DeviceModel, rcond: float = 1e-3) -> tuple[Recorder, list[str]]:
+    """Run the dispatch of ``polar(G, mode=mode)`` for every bucket of ``case`` on fake CUDA tensors, recorded;
+    returns the recorder and the method each bucket ran."""
     rec = Recorder()
+    methods = []
     with _device_model(device), dispatch.assume(GPU_ENV), FakeTensorMode(allow_non_fake_inputs=True):
         grads = [torch.empty(b, m, n, dtype=case.dtype, device="cuda") for b, m, n in case.shapes]
-        methods = []
         with rec:
             for G in grads:
                 X = G.mT if G.shape[-2] < G.shape[-1] else G
-                method, _ = dispatch.method_and_rcond(X, "auto", mode, rcond)
-                methods.append(method)
+                methods.append(dispatch.method_and_rcond(X, "auto", mode, rcond)[0])
                 dispatch.run(X, "auto", mode, rcond, None)
+    return rec, methods
+
+
+def plan_case(case: Case, mode: str, device: _cost.DeviceModel, rcond: float = 1e-3) -> dict:
+    """The plan of one case: ``record`` it and total it."""
+    rec, methods = record(case, mode, device, rcond)
     return summarise(case, mode, device, rec, methods)
 
 

@@ -61,19 +61,26 @@ def gram_side_factor(A: torch.Tensor, steps: tuple[ns.Step, ...]) -> torch.Tenso
 
         Q_{k+1} = Q_k P_k,        Y_{k+1} = X_{k+1}^T X_{k+1} = P_k Y_k P_k.
 
-    Only n x n products remain (3.5 per quintic step: Y_k^2 is symmetric), and one multiply X Q at the end. Y
-    squares the condition number, so this runs in A's dtype, float64 for the accurate contract (in float32 it gave
-    ||O||_2 = 1.0009 at condition 316). Q amplifies the directions below rcond by up to the product of the a's
-    (~1e4), so X Q must be formed in float64 too (``apply64``). This is the reference of the fused CUDA kernel
-    (``csrc/cuda/newton_schulz_small.cuh``) and what runs on a GPU above its size limit.
+    Only n x n products remain, and one multiply X Q at the end. Y squares the condition number, so this runs in A's
+    dtype, float64 for the accurate contract (in float32 it gave ||O||_2 = 1.0009 at condition 316). Q amplifies the
+    directions below rcond by up to the product of the a's (~1e4), so X Q must be formed in float64 too
+    (``apply64``). A quintic step is five launches on a GPU: b Y + c Y^2 in one baddbmm, the a I added on the
+    diagonal in place, three products. This is the reference of the fused CUDA kernel (``csrc/gram_ns_factor.h``) and
+    what runs on a GPU above that kernel's size limit.
     """
-    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     A2 = A @ A
     t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
-    t = per_matrix(torch.where(t > 0, t, torch.ones_like(t)))
-    Y, Y2, Q = A / t**2, A2 / t**4, eye / t
+    t = torch.where(t > 0, t, torch.ones_like(t))
+    Y, Y2 = A / per_matrix(t * t), A2 / per_matrix(t**4)
+    Q = torch.diag_embed((1.0 / t).view(-1, 1).expand(-1, A.shape[-1]))
     for i, step in enumerate(steps):
-        P = step_factor(Y, step, Y2 if i == 0 else None)
+        if step.c == 0.0:
+            P = Y * step.b
+        elif i == 0:
+            P = torch.add(Y * step.b, Y2, alpha=step.c)
+        else:
+            P = torch.baddbmm(Y, Y, Y, beta=step.b, alpha=step.c)
+        P.diagonal(dim1=-2, dim2=-1).add_(step.a)
         Q = Q @ P
         if i + 1 < len(steps):
             Y = (P @ Y) @ P

@@ -1,0 +1,89 @@
+"""How many times each method's default implementation touches full-size data (G, O or a temporary as large), per
+device: the numbers docs/design.md states ("Passes over memory"), kept by counting the ops that read or write a
+tensor of B m n elements or more. On the CPU with real tensors; on a GPU through the dry-run plan's recorder (the
+real dispatch on fake CUDA tensors), where the Triton and CUDA kernels are single ops."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import orthokern
+from orthokern import _env
+
+B, M, N = 4, 256, 16  # m >= 2n: newton_schulz takes the Gram side; 16384 elements, one gram64 block
+
+
+class FullSizeOps(TorchDispatchMode):
+    def __init__(self, threshold: int):
+        super().__init__()
+        self.threshold, self.ops = threshold, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from orthokern.bench.plan import aten_launches
+
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        flat = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        name = str(func)
+        # Work, as the plan counts it: orthokern's ops, and aten ops that move data (not views or allocations).
+        moves = name.startswith("orthokern.") or bool(aten_launches(name, func, args, kwargs, out))
+        if moves and any(t.numel() >= self.threshold for t in flat):
+            self.ops.append(name.split(".")[1])
+        return out
+
+
+# (method, backend) -> full-size ops on a CPU, float32 input. The minimum for a Gram-based method is 3 passes
+# (read G for the Gram matrix, read it again for the apply, write O); a fused op is one call for all of them.
+CPU_PASSES = {
+    ("gram_eigh", "cpp"): 1,  # the fused op: G read twice, O written once inside it
+    ("gram_eigh", "torch"): 5,  # scale reduction, scaled copy X, float64 block of X, Gram, apply
+    ("cholqr2", "cpp"): 1,
+    ("cholqr2", "torch"): 7,  # reduction, float64 X, Gram, Q1 = X R1^-1, Gram of Q1, Q1 M, cast
+    ("newton_schulz", "torch"): 7,  # reduction, X, float64 block, Gram, float64 block, X Q, store
+    ("svd", "torch"): 6,  # reduction, float64 X, zeroing, SVD, U V^T, cast
+}
+
+
+@pytest.mark.parametrize("method,backend", sorted(CPU_PASSES), ids=lambda x: str(x))
+def test_cpu_pass_counts(method, backend):
+    if backend == "cpp" and _env.CURRENT.extension is not None:
+        pytest.skip("orthokern._C is not built")
+    G = torch.randn(B, M, N)
+    counter = FullSizeOps(B * M * N)
+    with counter:
+        orthokern.polar(G, method=method, backend=backend)
+    assert len(counter.ops) == CPU_PASSES[(method, backend)], counter.ops
+
+
+def test_auto_on_cpu_adds_one_reduction_for_its_guard():
+    if _env.CURRENT.extension is not None:
+        pytest.skip("orthokern._C is not built")
+    G = torch.randn(B, M, N)
+    counter = FullSizeOps(B * M * N)
+    with counter:
+        orthokern.polar(G)
+    assert counter.ops == ["gram_eigh_polar", "linalg_vector_norm"], counter.ops
+
+
+@pytest.mark.parametrize("shape,mode,passes", [
+    ((256, 576, 64), "accurate", 2),  # Gram side: Triton Gram (reads G), Triton apply (reads G, writes O)
+    ((256, 576, 64), "fast", 2),
+    ((8, 4608, 512), "accurate", 2),
+    ((1, 1152, 1024), "accurate", None),  # tall side: the scale, then per step a Gram and an apply
+    ((1, 1152, 1024), "fast", None),
+])
+def test_gpu_pass_counts_from_the_plan(shape, mode, passes):
+    pytest.importorskip("triton")
+    from orthokern import _cost
+    from orthokern.bench import plan
+
+    rec, _ = plan.record(plan.Case("x", [shape], torch.float32), mode, _cost.DEVICES["h100"])
+    full = [r.op for r in rec.records
+            if r.largest >= shape[0] * shape[1] * shape[2] and (r.launches or r.op.startswith("orthokern."))]
+    if passes is None:
+        steps = len(orthokern.ns_schedule.steps_for(mode, 1e-3, shape[2], torch.float32))
+        # the scale reduction, then per step the Gram (reads X) and the apply (reads X, writes the next X); the
+        # polynomial of the n x n Gram is not full-size
+        passes = 1 + 2 * steps
+    assert len(full) == passes, full
