@@ -181,9 +181,29 @@ def _extensions_and_cmdclass():
 
 ext_modules, cmdclass = _extensions_and_cmdclass()
 
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+    _readme = f.read()
+
 setup(
     name="orthokern",
     version=_version(),
+    description="Fast batched polar decomposition (orthogonalisation) of gradients for PyTorch: Triton and CUDA "
+    "kernels, Orthogonal-SGDM and the orthogonality toolkit around it",
+    long_description=_readme,
+    long_description_content_type="text/markdown",
+    author="The orthokern developers",
+    license="MIT",
+    license_files=["LICENSE"],
+    keywords=["pytorch", "polar decomposition", "orthogonalization", "newton-schulz", "optimizer", "triton", "cuda"],
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: C++",
+        "Environment :: GPU :: NVIDIA CUDA",
+        "Intended Audience :: Science/Research",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     packages=find_packages(include=["orthokern", "orthokern.*"]) + ["orthokern.triton_kernels"],
     package_dir={"orthokern.triton_kernels": "triton_kernels"},
     python_requires=">=3.11",
@@ -193,6 +213,7 @@ setup(
         "bench": ["tqdm", "matplotlib", "pytest-benchmark"],
         "examples": ["scikit-learn", "matplotlib", "tqdm"],
     },
+    package_data={"orthokern": ["py.typed"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
