@@ -49,7 +49,7 @@ def test_accurate_mode_meets_contract(method, backend, dtype, spectrum):
 
 @pytest.mark.parametrize("method", ["gram_eigh", "newton_schulz", "cholqr2", "auto"])
 def test_fast_mode_at_least_as_accurate_as_muon(method):
-    """design.md §1: fast mode is at least as accurate as Muon's 5-step quintic on the same input."""
+    """docs/design.md, "Fast mode": at least as accurate as Muon's 5-step quintic on the same input."""
     from orthokern.ns_schedule import MUON_QUINTIC
 
     G = random_matrix(4, 96, 48, "decaying", dtype=torch.float32, seed=5)

@@ -1,6 +1,6 @@
 """The "real" spectrum: actual ResNet weight gradients (random init, random images and labels), grouped by
-shape. design.md: conv gradients of such a model are well conditioned (sigma_max/sigma_min 3 - 20) while the
-fc gradient has rank batch - 1, the rank-deficient case as it happens in training.
+shape. Conv gradients of such a model are well conditioned (sigma_max/sigma_min 3 - 20, measured by the project on
+ResNet-50 at batch 64) while the fc gradient has rank batch - 1, the rank-deficient case as it happens in training.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ MODE_SENSITIVE = ("auto", "gram_eigh", "newton_schulz")
 # The peer every speed-up is relative to (the Orthogonal-SGDM paper's method), and its tall-orientation twin.
 BASELINE = "torch_svd"
 BASELINE_TALL = "torch_svd_tall"
-# The peer the fast mode must match or beat in accuracy (design.md section 1).
+# The peer the fast mode must match or beat in accuracy (docs/design.md, "Fast mode").
 MUON = "muon_ns5"
 
 

@@ -1,4 +1,4 @@
-"""Benchmark suites (design.md section 4): the shapes, dtypes and spectra each suite covers.
+"""Benchmark suites: the shapes, dtypes and spectra each suite covers.
 
 The ResNet shape lists are written out here, derived by hand from the architecture (torchvision is not needed
 to run the suite); ``orthokern.bench.resnet`` builds the model and a test checks the two agree.
@@ -125,7 +125,7 @@ def suite_shapes(suite: str, quick: bool) -> list[tuple[tuple[int, int, int], Op
 
 
 def suite_dtypes(suite: str) -> tuple[torch.dtype, ...]:
-    # design.md: the square/transformer shapes in float32 and bfloat16; gradients elsewhere are float32.
+    # The square/transformer shapes in float32 and bfloat16 (bfloat16 training); gradients elsewhere are float32.
     return (torch.float32, torch.bfloat16) if suite == "square" else (torch.float32,)
 
 
