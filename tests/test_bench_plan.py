@@ -1,0 +1,85 @@
+"""The dry-run plan (``python -m orthokern.bench plan``): the real GPU dispatch on fake CUDA tensors. These tests pin
+the structural facts of the default GPU path that its speed is argued from (docs/design.md, section 6)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from orthokern import _cost  # noqa: E402
+from orthokern.bench import plan  # noqa: E402
+
+H100 = _cost.DEVICES["h100"]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    out = {}
+    for suite in ("resnet50", "tall", "square"):
+        for case in plan.cases(suite, torch.float32):
+            for mode in ("accurate", "fast"):
+                out[(case.name, str(case.dtype), mode)] = plan.plan_case(case, mode, H100)
+    return out
+
+
+def test_every_op_has_a_cost_model(rows):
+    for key, r in rows.items():
+        assert not r["ops_without_cost_model"], (key, r["ops_without_cost_model"])
+
+
+def test_no_host_sync_and_no_per_matrix_eigensolver(rows):
+    for key, r in rows.items():
+        assert r["host_syncs"] == 0, key
+        assert r["per_matrix_eigensolver_loops"] == 0 and r["eigensolver_calls"] == 0, key
+
+
+def test_accurate_mode_runs_no_fma_float32_matmul(rows):
+    for (name, dtype, mode), r in rows.items():
+        if mode == "accurate":
+            assert r["flops_by_unit"].get("fma32", 0.0) == 0.0, (name, dtype, r["flops_by_unit"])
+
+
+def test_resnet50_step_compiles_at_most_twenty_autotune_configs(rows):
+    for mode in ("accurate", "fast"):
+        r = rows[(plan.cases("resnet50", torch.float32)[0].name, "torch.float32", mode)]
+        assert r["autotune_configs"] <= 20, (mode, r["autotune_configs"])
+
+
+def test_fast_mode_runs_on_bfloat16_tensor_cores(rows):
+    for (name, dtype, mode), r in rows.items():
+        if mode == "fast" and "tc16" in r["flops_by_unit"]:
+            return
+    raise AssertionError("no fast-mode plan used the bfloat16 tensor cores")
+
+
+def test_recorder_counts_what_it_sees():
+    """On a hand-made sequence: one matmul (FLOPs on the unit of its dtype), one elementwise op, one view (free),
+    one host read (a sync)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    rec = plan.Recorder()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        A = torch.empty(4, 8, 8, dtype=torch.float64, device="cuda")
+        with rec:
+            B = A @ A
+            C = B.mT
+            D = C * 2.0
+            bool((D > 0).any())
+    launches = [x for r in rec.records for x in r.launches]
+    assert [x.kernel for x in launches] == ["cuBLAS bmm", "aten mul", "aten gt", "aten any"]
+    assert launches[0].flops == {"fp64_tc": 2.0 * 4 * 8 * 8 * 8}
+    assert launches[1].bytes == 2 * 4 * 8 * 8 * 8  # read A, write D
+    assert rec.syncs == ["aten._local_scalar_dense.default"]
+
+
+def test_cli_writes_json_and_says_it_is_an_estimate(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert plan.main(["--suite", "tall", "--mode", "accurate", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "nothing here was measured" in text and "an estimate" in text
+    data = json.loads(out.read_text())
+    assert data["device"]["name"].startswith("NVIDIA H100") and len(data["rows"]) == 4
+    assert plan.main(["--mode", "sideways"]) == 2
