@@ -9,7 +9,8 @@ followed by batch norm and ReLU, then one linear layer. The hyper-parameters are
 1e-2 and 1e-3, momentum 0.9, weight decay 5e-4, for both optimisers. Each (learning rate, optimiser) pair is
 trained from the same initialisations and batch orders (one per seed). Writes ``digits.png`` (test accuracy
 per epoch, mean over seeds with the min-max range shaded) and ``digits.json`` (every number behind it) to
-``--out``. The data set ships with scikit-learn: nothing is downloaded.
+``--out``, and ``digits.md``, the README's account of the run, generated from the numbers. The data set ships with
+scikit-learn: nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -139,6 +140,33 @@ def summarise(results):
     return summary
 
 
+def markdown(report) -> str:
+    """The README's account of a run, generated from its numbers (tests/test_readme_figures.py checks that the README
+    quotes this text as generated from docs/digits.json)."""
+    runs, summary = report["runs"], report["summary"]
+    cfg = report["config"]
+    lines = []
+    for lr_key in runs:
+        mean = {name: _stats(runs[lr_key][name]["test_acc"])[0] for name in OPTIMISERS}
+        first = ", ".join(
+            f"{name} {' / '.join(f'{100 * v:.1f}' for v in mean[name][:3])} %" for name in reversed(OPTIMISERS))
+        reach = ", ".join(
+            f"{name} at epoch {summary[lr_key][name]['epochs_to_95pct_mean']}" if summary[lr_key][name][
+                "epochs_to_95pct_mean"] else f"{name} never" for name in reversed(OPTIMISERS))
+        lines.append(f"- {lr_key}: mean test accuracy after epochs 1 / 2 / 3: {first}; the mean passes 95 % "
+                     f"{reach}.")
+    lines.append("")
+    lines.append(f"After {cfg['epochs']} epochs (mean ± std over {cfg['seeds']} seeds):")
+    lines.append("")
+    lines.append("| lr | " + " | ".join(OPTIMISERS) + " |")
+    lines.append("|---|" + "---|" * len(OPTIMISERS))
+    for lr_key, by_opt in summary.items():
+        cells = [f"{100 * by_opt[n]['final_test_acc_mean']:.2f} ± {100 * by_opt[n]['final_test_acc_std']:.2f} %"
+                 for n in OPTIMISERS]
+        lines.append(f"| {lr_key.removeprefix('lr=')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(results, epochs, path):
     matplotlib = _need("matplotlib", "matplotlib")
     matplotlib.use("Agg")
@@ -226,6 +254,8 @@ def main(argv=None) -> dict:
     png_path = os.path.join(args.out, "digits.png")
     with open(json_path, "w") as f:
         json.dump(report, f, indent=1)
+    with open(os.path.join(args.out, "digits.md"), "w") as f:
+        f.write(markdown(report))
     plot(results, args.epochs, png_path)
 
     print(f"{'':10s} {'optimiser':10s} {'final test acc (mean ± std over seeds)':>40s}")
