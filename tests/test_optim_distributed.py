@@ -439,15 +439,32 @@ def check_polar_by_shape(rank, world, mesh, tmp):
     return {"shares": shares}
 
 
+def check_process_group_option(rank, world, mesh, tmp):
+    """distributed=<ProcessGroup>: shares over that group; deepcopy shares the group, pickle refuses by name."""
+    import copy
+    import pickle
+
+    from orthokern.optim import FastOrthogonalSGD
+
+    ps = [nn.Parameter(v.clone()) for v in synth_values(0)[:5]]
+    opt = FastOrthogonalSGD(ps, lr=0.1, distributed=dist.group.WORLD)
+    for p, g in zip(ps, synth_values(1)[:5]):
+        p.grad = g
+    opt.step()
+    assert opt.orthokern_stats.world_size == world
+    assert copy.deepcopy(opt)._orthokern.distributed is dist.group.WORLD
+    with pytest.raises(TypeError, match="ProcessGroup"):
+        pickle.dumps(opt)
+    return {}
+
+
 CHECKS = [check_replicated_bitwise, check_dtensor_bitwise, check_every_rank_baseline, check_ddp, check_fsdp2,
-          check_resume_from_two_ranks, check_polar_on_dtensor, check_ops_on_dtensor, check_polar_by_shape]
+          check_resume_from_two_ranks, check_polar_on_dtensor, check_ops_on_dtensor, check_polar_by_shape,
+          check_process_group_option]
 
 
 def _worker(rank, world, tmp):
-    # The Triton interpreter is not needed here, and importing it costs each process a second or two.
-    os.environ.pop("TRITON_INTERPRET", None)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # several ranks share the CPU
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store_{world}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=TIMEOUT_S // 2))
     from torch.distributed.device_mesh import init_device_mesh
@@ -471,9 +488,12 @@ def runs(tmp_path_factory):
     import torch.multiprocessing as mp
 
     tmp = str(tmp_path_factory.mktemp("distributed"))
+    # A fork server imports torch and orthokern once and forks every worker from that clean process (one that
+    # has run no OpenMP region, unlike this one): spawning would import them again in each of the 7 workers.
+    mp.set_forkserver_preload(["torch", "torch.distributed.tensor", "orthokern", __name__])
     out = {}
     for world in WORLD_SIZES:
-        ctx = mp.start_processes(_worker, args=(world, tmp), nprocs=world, join=False, start_method="spawn")
+        ctx = mp.start_processes(_worker, args=(world, tmp), nprocs=world, join=False, start_method="forkserver")
         try:
             deadline = TIMEOUT_S
             while not ctx.join(timeout=5):
