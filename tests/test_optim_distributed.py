@@ -548,3 +548,40 @@ def test_same_trajectory_at_every_world_size(runs, check):
     for w in WORLD_SIZES[1:]:
         for a, b in zip(first[WORLD_SIZES[0]], first[w]):
             torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=TRAJECTORY_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("world", [2, 3, 4, 8])
+def test_plan_balances_cost_to_within_one_matrix(world):
+    from orthokern.bench.suites import RESNET50_SHAPES
+    from orthokern.optim.distributed import matrix_cost, plan
+
+    buckets = [(count, matrix_cost(m, n)) for (m, n), count in RESNET50_SHAPES.items()]
+    counts = plan(buckets, world)
+    assert [sum(c) for c in counts] == [n for n, _ in buckets]
+    for (n, _), c in zip(buckets, counts):
+        assert set(c) <= {n // world, n // world + 1}, c  # even parts, one more for the luckiest
+    loads = [sum(c[r] * cost for (_, cost), c in zip(buckets, counts)) for r in range(world)]
+    assert max(loads) - min(loads) <= max(cost for _, cost in buckets), loads
+    assert plan(buckets, world) == counts  # a function of the shapes alone: every rank gets the same plan
+
+
+@pytest.mark.slow
+def test_distributed_digits_example(tmp_path):
+    """``torchrun --nproc_per_node=2 examples/distributed_digits.py`` trains under FSDP2, shares the work, and
+    learns (one epoch)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn")
+    script = pathlib.Path(__file__).resolve().parents[1] / "examples" / "distributed_digits.py"
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--standalone", str(script), "--epochs", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["world_size"] == 2 and report["test_accuracy"][-1] > 0.8, report
+    ranks = report["per_rank"]
+    assert sum(r["matrices"] for r in ranks) == ranks[0]["matrices_total"] == 4, ranks
+    assert all(0 < r["matrices"] < 4 and r["bytes_received"] > 0 for r in ranks), ranks
