@@ -170,7 +170,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python bench/bench_distributed.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--worlds", default="1,2,4", help="comma-separated world sizes (default 1,2,4)")
     p.add_argument("--suite", default="resnet18", choices=("digits", "resnet18", "resnet50"),
-                   help="whose weight shapes (default resnet18: 21 matrices, 11.2 M parameters)")
+                   help="whose weight shapes (default resnet18: 21 matrices, 11.7 M weights)")
     p.add_argument("--method", default="auto", help="orthokern.polar method (default auto)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float64"))
     p.add_argument("--rounds", type=int, default=5, help="timed steps after one warm-up step (default 5)")

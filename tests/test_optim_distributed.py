@@ -21,6 +21,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+if not (dist.is_available() and dist.is_gloo_available()):
+    pytest.skip("torch.distributed with the gloo backend is not available", allow_module_level=True)
+
 WORLD_SIZES = (2, 1, 4)  # 2 before 1: the world-size-1 run resumes from the checkpoint the 2-rank run saved
 TIMEOUT_S = 120
 STEPS = 3
