@@ -34,18 +34,17 @@ def compute_placements(shape: tuple[int, ...], placements, mesh) -> list:
     to a free batch dimension (when one is large enough) or replicated, and Partial replicated."""
     ndim = len(shape)
     out = list(placements)
-    used = {p.dim % ndim for p in placements if isinstance(p, Shard)}
+    used = {p.dim % ndim for p in placements if type(p) is Shard}
     for i, p in enumerate(placements):
-        if isinstance(p, Partial):
+        if p.is_replicate() or (type(p) is Shard and p.dim % ndim < ndim - 2):
+            continue  # whole matrices already
+        free = [d for d in range(ndim - 2) if d not in used and shape[d] >= mesh.size(i)]
+        if type(p) is Shard and free:
+            d = max(free, key=lambda d: (shape[d], -d))  # the largest batch dimension, the first on ties
+            out[i] = Shard(d)
+            used.add(d)
+        else:  # Partial (reduced), strided shards and matrix shards with no batch dimension to move to
             out[i] = Replicate()
-        elif isinstance(p, Shard) and p.dim % ndim >= ndim - 2:
-            free = [d for d in range(ndim - 2) if d not in used and shape[d] >= mesh.size(i)]
-            if free:
-                d = max(free, key=lambda d: (shape[d], -d))  # the largest batch dimension, the first on ties
-                out[i] = Shard(d)
-                used.add(d)
-            else:
-                out[i] = Replicate()
     return out
 
 

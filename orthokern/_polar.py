@@ -86,12 +86,12 @@ def polar(
     Differentiable: the backward solves the Sylvester equation of the polar factor in the eigenbasis of
     H = P^T G (see ``_PolarFunction``).
     """
+    rcond = _check_args(G, method, mode, rcond, backend)
     if _is_dtensor(G):  # each matrix made whole where it is computed: orthokern/_dtensor.py
         from . import _dtensor
 
         return _dtensor.polar(G, polar, method=method, mode=mode, rcond=rcond, backend=backend,
                               check_finite=check_finite)
-    rcond = _check_args(G, method, mode, rcond, backend)
     if check_finite and not bool(torch.isfinite(G).all()):
         raise ValueError("polar: G contains NaN or Inf (check_finite=True)")
     if torch.is_grad_enabled() and G.requires_grad:

@@ -235,6 +235,40 @@ def check_dtensor_bitwise(rank, world, mesh, tmp):
     return _split(count, ref_count, opt)
 
 
+def check_hsdp(rank, world, mesh, tmp):
+    """HSDP's layout on a 2 x 2 mesh, (Replicate, Shard(0)): each replica group shares the work within itself;
+    bitwise equal to the single-process step. orthokern.polar on that layout too. World size 4 only."""
+    if world != 4:
+        return {"skipped": True}
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    import orthokern
+    from orthokern.optim import Orthogonal
+
+    mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    layout = [Replicate(), Shard(0)]
+    vals = synth_values(-1)[:6]
+    ours = [nn.Parameter(distribute_tensor(v.clone(), mesh2, layout)) for v in vals]
+    ref = [nn.Parameter(v.clone()) for v in vals]
+    opt = Orthogonal(RecordingSGD)(ours, lr=0.1, momentum=0.9)
+    ref_opt = Orthogonal(RecordingSGD)(ref, lr=0.1, momentum=0.9, distributed=False)
+    for step in range(2):
+        for p, q, g in zip(ours, ref, synth_values(step)[:6]):
+            p.grad, q.grad = distribute_tensor(g.clone(), mesh2, layout), g.clone()
+        with PolarCounter() as count:
+            opt.step()
+        ref_opt.step()
+        _assert_same_step(ours, ref, opt, ref_opt)
+    assert all(p.placements == tuple(layout) for p in ours)
+    assert 0 < count.matrices < 6 and opt.orthokern_stats.world_size == 2, (count.matrices, opt.orthokern_stats)
+    G = vals[0]
+    O = orthokern.polar(distribute_tensor(G.reshape(6, 4, 9), mesh2, [Shard(0), Shard(2)]))
+    assert O.placements == (Shard(0), Shard(2))
+    assert torch.equal(O.full_tensor(), orthokern.polar(G.reshape(6, 4, 9)))
+    return {}
+
+
 def check_every_rank_baseline(rank, world, mesh, tmp):
     """distributed=False on DTensors: every rank gathers and computes everything (the benchmark's baseline)."""
     from torch.distributed.tensor import Shard, distribute_tensor
@@ -420,6 +454,27 @@ def check_ops_on_dtensor(rank, world, mesh, tmp):
     return {}
 
 
+def check_triton_on_dtensor(rank, world, mesh, tmp):
+    """The Triton backend (interpreted on a CPU) through polar on a DTensor, and a Triton op called directly."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import orthokern
+    import orthokern._dtensor as odt
+    from orthokern.testing import random_matrix
+
+    if "triton" not in orthokern.available_backends("cpu"):
+        return {"skipped": "Triton cannot run here (on a CPU it needs TRITON_INTERPRET=1)"}
+    assert "triton_sym_gram" in odt.REGISTERED, odt.REGISTERED
+    G = random_matrix(2, 16, 8, "decaying", dtype=torch.float32, seed=5)
+    O = orthokern.polar(distribute_tensor(G, mesh, [Shard(1)]), backend="triton", method="gram_eigh")
+    assert torch.equal(O.full_tensor(), orthokern.polar(G, backend="triton", method="gram_eigh"))
+    A = torch.ops.orthokern.triton_sym_gram(distribute_tensor(G, mesh, [Shard(0)]), None, False, torch.float32, 1,
+                                            False)
+    torch.testing.assert_close(A.full_tensor(), torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32,
+                                                                                      1, False), atol=0, rtol=0)
+    return {}
+
+
 def check_polar_by_shape(rank, world, mesh, tmp):
     """polar_by_shape (the entry point other optimisers use) shares plain matrices and handles DTensors."""
     from torch.distributed.tensor import DTensor, Shard, distribute_tensor
@@ -461,9 +516,9 @@ def check_process_group_option(rank, world, mesh, tmp):
     return {}
 
 
-CHECKS = [check_replicated_bitwise, check_dtensor_bitwise, check_every_rank_baseline, check_ddp, check_fsdp2,
-          check_resume_from_two_ranks, check_polar_on_dtensor, check_ops_on_dtensor, check_polar_by_shape,
-          check_process_group_option]
+CHECKS = [check_replicated_bitwise, check_dtensor_bitwise, check_hsdp, check_every_rank_baseline, check_ddp,
+          check_fsdp2, check_resume_from_two_ranks, check_polar_on_dtensor, check_ops_on_dtensor,
+          check_triton_on_dtensor, check_polar_by_shape, check_process_group_option]
 
 
 def _worker(rank, world, tmp):

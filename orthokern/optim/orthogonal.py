@@ -236,7 +236,7 @@ def _orthogonalised_grads(param_groups: list[dict], settings: _Settings,
             blocks.append(b)
             transforms.append(job.transform)
             owner.append(n)
-    group = sharing.process_group(settings.distributed)
+    group = sharing.process_group(settings.distributed) if blocks else None
     if group is not None:
         outs = sharing.replicated(blocks, transforms, batched.apply, group, stats)
     else:
