@@ -179,7 +179,7 @@ def lr_scale_factor(kind: str, m: int, n: int) -> float:
     if kind == "spectral":
         return 1.0
     if kind == "muon":
-        return math.sqrt(max(1.0, m / n))
+        return math.sqrt(max(1.0, m / n)) if n else 1.0
     if kind == "match_adamw_rms":
         return 0.2 * math.sqrt(max(m, n))
     raise ValueError(f"lr_scale must be one of {LR_SCALES}, got {kind!r}")
