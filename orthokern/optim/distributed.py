@@ -25,8 +25,9 @@ a function of shapes alone, so every rank computes the same plan without communi
 read (the step stays capturable).
 
 Results equal the single-process ones bitwise where the transform of a matrix does not depend on which other
-matrices share its batched call, which holds for every orthokern method and backend on the CPU (tested in
-``tests/test_optim_distributed.py``).
+matrices share its batched call: true of the compiled CPU kernels, not of ``torch.linalg.eigh`` (MKL's batched
+results depend on where each matrix lies in memory), so the pure-torch backend agrees to rounding
+(``tests/test_optim_distributed.py``).
 
 Assumption of the replicated case: the selected gradients are the same on every rank (DDP's all-reduce makes
 them so). Ranks that train on different gradients without such a reduction must pass ``distributed=False``.
