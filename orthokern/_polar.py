@@ -1,6 +1,7 @@
 """``orthokern.polar``: argument checking, tall/wide handling, dispatch, the ``auto`` rule and autograd."""
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import torch
@@ -86,12 +87,23 @@ def polar(
     H = P^T G (see ``_PolarFunction``).
     """
     rcond = _check_args(G, method, mode, rcond, backend)
+    if _is_dtensor(G):  # each matrix made whole where it is computed: orthokern/_dtensor.py
+        from . import _dtensor
+
+        return _dtensor.polar(G, polar, method=method, mode=mode, rcond=rcond, backend=backend,
+                              check_finite=check_finite)
     if check_finite and not bool(torch.isfinite(G).all()):
         raise ValueError("polar: G contains NaN or Inf (check_finite=True)")
     if torch.is_grad_enabled() and G.requires_grad:
         return _PolarFunction.apply(G, method, mode, rcond, backend)
     with torch.no_grad():
         return _polar_nograd(G, method, mode, rcond, backend)
+
+
+def _is_dtensor(G) -> bool:
+    # A DTensor exists only once torch.distributed.tensor is imported (not imported here: it is slow to import).
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(G, mod.DTensor)
 
 
 class _PolarFunction(torch.autograd.Function):

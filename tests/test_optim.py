@@ -281,8 +281,10 @@ def test_orthogonal_wrapper_matches_reference(base, kwargs):
 def test_orthogonalise_instance_matches_reference(base):
     model = make_model()
     ref = copy.deepcopy(model)
-    opt = orthogonalise(base(model.parameters(), lr=1e-2, weight_decay=1e-2), method="svd", orthogonalise="conv")
-    assert type(opt) is base
+    plain = base(model.parameters(), lr=1e-2, weight_decay=1e-2)
+    opt = orthogonalise(plain, method="svd", orthogonalise="conv")
+    # The same object, now of the Orthogonal(base) subclass (so that copies and pickles keep orthogonalising).
+    assert opt is plain and isinstance(opt, base) and type(opt) is Orthogonal(base)
     ref_opt = base(ref.parameters(), lr=1e-2, weight_decay=1e-2)
     train_pair(model, opt, ref, ref_opt, steps=4, selected=lambda name, p: p.dim() > 2)
     assert_params_close(model, ref, atol=1e-8)
