@@ -143,25 +143,11 @@ def test_rcond_drops_weak_directions_from_the_update():
         assert (sv[kept:] < 1e-12).all(), (rcond, sv)
 
 
-# Methods that cannot resolve directions below their precision must treat them as zero at rcond=0 (the core's
-# part of issue 13). Until that lands, these cases fail and are marked so; strict: they will report when fixed.
-_ISSUE13 = "issue 13 (core polar numerics at rcond=0)"
-RCOND0_XFAIL = {
-    ("newton_schulz", torch.float32): "newton_schulz raises ValueError (geometric sequence of zero) at rcond=0",
-    ("newton_schulz", torch.float64): "newton_schulz raises ValueError (geometric sequence of zero) at rcond=0",
-    ("gram_eigh", torch.float32): "float32 gram_eigh amplifies the null space of a rank-deficient gradient",
-    ("auto", torch.float32): "float32 auto returns ||O||_2 > 1 that its breakdown check (largest entry) misses",
-    ("gram_eigh", torch.float64): "float64 gram_eigh gives ||O||_2 = 1 + ~5e-9, above the float64 bound 1e-10",
-    ("auto", torch.float64): "float64 auto (gram_eigh on a CPU) gives ||O||_2 = 1 + ~5e-9, above 1 + 1e-10",
-}
-
-
 def _rcond0_cases():
+    # Every method resolves what its precision can and raises rcond to that floor (docs/design.md, "rcond floors").
     for method in orthokern.METHODS:
         for dtype in (torch.float32, torch.float64):
-            reason = RCOND0_XFAIL.get((method, dtype))
-            marks = [pytest.mark.xfail(strict=True, reason=f"{_ISSUE13}: {reason}")] if reason else []
-            yield pytest.param(method, dtype, marks=marks, id=f"{method}-{str(dtype)[6:]}")
+            yield pytest.param(method, dtype, id=f"{method}-{str(dtype)[6:]}")
 
 
 @pytest.mark.parametrize("method,dtype", list(_rcond0_cases()))
