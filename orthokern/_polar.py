@@ -54,7 +54,8 @@ def _polar_nograd(G: torch.Tensor, method: str, mode: str, rcond: float, backend
     X = G.mT if wide else G
     X = X.reshape(-1, *X.shape[-2:])
     O = dispatch.run(X, method, mode, rcond, backend).reshape(*batch, *X.shape[-2:])
-    return O.mT.contiguous() if wide else O
+    # clone, not .contiguous(): the same copy, and the dry-run plan can run it (see reference.scaling.per_matrix)
+    return O.mT.clone(memory_format=torch.contiguous_format) if wide else O
 
 
 def polar(

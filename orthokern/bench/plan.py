@@ -147,12 +147,24 @@ class Case:
     name: str
     shapes: list[tuple[int, int, int]]  # (batch, m, n) buckets, as given (tall or wide)
     dtype: torch.dtype
+    # Plan a whole FastOrthogonalSGD step over parameters of these shapes (batch = how many share the shape), plus
+    # ``extra`` 1-D parameters (biases, norm scales), instead of one polar call per bucket.
+    optimiser_step: bool = False
+    extra: int = 0
+
+
+# ResNet-50's parameters besides the 54 weight matrices: batch-norm scales and shifts (2 x 26,560) and the fc bias.
+RESNET50_OTHER_PARAMS = 2 * 26560 + 1000
+# One ResNet-50 training step (batch 256, float32) measured once by the project on an H100 (docs/design.md, section 8):
+# the optimiser's overhead is reported against it.
+RESNET50_TRAIN_STEP_S = 137e-3
 
 
 def cases(suite: str, dtype: torch.dtype) -> list[Case]:
     if suite == "resnet50":
-        return [Case("ResNet-50 optimiser step (54 gradients, 21 shapes)",
-                     [(c, m, n) for (m, n), c in RESNET50_SHAPES.items()], dtype)]
+        return [Case("ResNet-50 FastOrthogonalSGD step (54 weights)",
+                     [(c, m, n) for (m, n), c in RESNET50_SHAPES.items()], dtype, optimiser_step=True,
+                     extra=RESNET50_OTHER_PARAMS)]
     if suite == "tall":
         return [Case(f"{b}x{m}x{n}", [(b, m, n)], dtype) for b, m, n in TALL_SHAPES]
     if suite == "square":
@@ -185,11 +197,27 @@ def record(case: Case, mode: str, device: _cost.DeviceModel, rcond: float = 1e-3
     methods = []
     with _device_model(device), dispatch.assume(GPU_ENV), FakeTensorMode(allow_non_fake_inputs=True):
         grads = [torch.empty(b, m, n, dtype=case.dtype, device="cuda") for b, m, n in case.shapes]
-        with rec:
-            for G in grads:
-                X = G.mT if G.shape[-2] < G.shape[-1] else G
-                methods.append(dispatch.method_and_rcond(X, "auto", mode, rcond)[0])
-                dispatch.run(X, "auto", mode, rcond, None)
+        for G in grads:
+            X = G.mT if G.shape[-2] < G.shape[-1] else G
+            methods.append(dispatch.method_and_rcond(X, "auto", mode, rcond)[0])
+        if case.optimiser_step:
+            from ..optim import FastOrthogonalSGD
+
+            params = [torch.nn.Parameter(torch.empty(m, n, dtype=case.dtype, device="cuda"))
+                      for b, m, n in case.shapes for _ in range(b)]
+            if case.extra:
+                params.append(torch.nn.Parameter(torch.empty(case.extra, dtype=case.dtype, device="cuda")))
+            for p in params:
+                p.grad = torch.empty_like(p)
+            opt = FastOrthogonalSGD(params, lr=0.1, momentum=0.9, mode=mode, rcond=rcond, foreach=True,
+                                    distributed=False)
+            opt.step()  # the first step allocates the momentum buffers: plan a steady-state step
+            with rec:
+                opt.step()
+        else:
+            with rec:
+                for G in grads:
+                    dispatch.run(G.mT if G.shape[-2] < G.shape[-1] else G, "auto", mode, rcond, None)
     return rec, methods
 
 
@@ -224,6 +252,8 @@ def summarise(case: Case, mode: str, device: _cost.DeviceModel, rec: Recorder, m
         "modelled_s": work + len(launches) * device.launch_s,
         "modelled_graph_s": work + len(launches) * device.graph_launch_s,
         "ops_without_cost_model": sorted(rec.missing),
+        "share_of_resnet50_train_step": (work + len(launches) * device.graph_launch_s) / RESNET50_TRAIN_STEP_S
+        if case.optimiser_step else None,
     }
 
 
@@ -249,6 +279,11 @@ def format_plan(rows: Sequence[dict], device: _cost.DeviceModel) -> str:
                    f"{r['per_matrix_eigensolver_loops']:9d} {r['autotune_configs']:9d} {_fmt_s(r['floor_s']):>10s} "
                    f"{_fmt_s(r['modelled_s']):>10s} {_fmt_s(r['modelled_graph_s']):>10s} "
                    f"{r['modelled_graph_s'] / r['memory_floor_s']:7.1f}  {units}")
+        if r["share_of_resnet50_train_step"] is not None:
+            share = 100 * r["share_of_resnet50_train_step"]
+            out.append(f"   the whole optimiser step, graph-captured: {share:.1f} % of a "
+                       f"{RESNET50_TRAIN_STEP_S * 1e3:.0f} ms ResNet-50 training step (batch 256, H100; measured "
+                       "once, docs/design.md section 8)")
         if r["ops_without_cost_model"]:
             out.append(f"   ops without a cost model (not counted): {', '.join(r['ops_without_cost_model'])}")
     return "\n".join(out)
