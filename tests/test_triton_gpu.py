@@ -85,8 +85,8 @@ def test_ops_compile_with_inductor():
     G = random_matrix(8, 300, 48, "gaussian", device="cuda", seed=6)
 
     def f(G):
-        A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 0, False)
-        return torch.ops.orthokern.triton_apply(G, A, None, 0.5, 1.0, torch.float32, False)
+        A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 0, "tf32x3")
+        return torch.ops.orthokern.triton_apply(G, A, None, 0.5, 1.0, torch.float32, "tf32x3")
 
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(G), f(G))
 

@@ -99,10 +99,10 @@ def test_sym_gram_float64_input(tk):
 
 
 def test_choose_splits_fills_the_device_only_when_needed(tk):
-    dev = torch.device(DEVICE)
-    assert tk.choose_splits(1024, 256, 32, dev) == 1  # the batch alone fills the GPU
-    assert tk.choose_splits(1, 4096, 64, dev) > 1
-    assert tk.choose_splits(1, 100, 64, dev) == 1  # too few rows to be worth a second pass
+    sms = 132  # an H100 SXM
+    assert tk.choose_splits(1024, 256, 32, sms) == 1  # the batch alone fills the GPU
+    assert tk.choose_splits(1, 4096, 64, sms) == 16  # 264 programs wanted, 4096 // 256 rows allow 16 splits
+    assert tk.choose_splits(1, 100, 64, sms) == 1  # too few rows to be worth a second pass
 
 
 def test_sym_gram_errors_name_the_argument(tk):
@@ -178,20 +178,20 @@ def test_ns_step_matches_torch_step(tk, coeffs, dtype):
 # ---------------------------------------------------------------- the registered ops
 def test_ops_registered_and_opcheck(tk):
     G = _mat(2, 24, 16, seed=21)
-    A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 2, False)
+    A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 2, "tf32x3")
     torch.testing.assert_close(A, tk.sym_gram(G, splits=2), rtol=0, atol=0)
-    torch.library.opcheck(torch.ops.orthokern.triton_sym_gram, (G, None, True, torch.float64, 0, False))
-    torch.library.opcheck(torch.ops.orthokern.triton_sym_poly, (A, 0.5, -0.25, False))
+    torch.library.opcheck(torch.ops.orthokern.triton_sym_gram, (G, None, True, torch.float64, 0, "tf32x3"))
+    torch.library.opcheck(torch.ops.orthokern.triton_sym_poly, (A, 0.5, -0.25, "tf32x3"))
     torch.library.opcheck(torch.ops.orthokern.triton_apply, (G, A, torch.ones(2, device=DEVICE), 0.5, 1.0,
-                                                             torch.float32, False))
+                                                             torch.float32, "tf32x3"))
 
 
 def test_ops_under_torch_compile(tk):
     G = _mat(2, 24, 16, seed=22)
 
     def f(G):
-        A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 0, False)
-        return torch.ops.orthokern.triton_apply(G, A, None, 0.5, 1.0, torch.float32, False)
+        A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 0, "tf32x3")
+        return torch.ops.orthokern.triton_apply(G, A, None, 0.5, 1.0, torch.float32, "tf32x3")
 
     # aot_eager: traces through the op registrations (fake impls, functionalisation) without invoking a C++
     # compiler; the GPU test compiles with Inductor.

@@ -15,6 +15,7 @@ import torch
 from .. import ns_schedule as ns
 from ..reference.newton_schulz import low_precision_dtype
 from ..reference.scaling import compute_dtype, eigen_threshold, finish, prepare
+from ._common import ACCURATE  # the precision of float32 dots: float32 accuracy on tensor cores
 from .newton_schulz import ns_step
 
 # The kernels index within one matrix in int32 (the batch offset is int64).
@@ -52,7 +53,7 @@ def _scaled_gram64(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     in G always reaches the diagonal, so a non-finite Gram flags exactly the non-finite inputs (whose A is
     zeroed, as ``prepare`` zeroes them).
     """
-    A = _ops().triton_sym_gram(G, None, True, torch.float64, 0, False)
+    A = _ops().triton_sym_gram(G, None, True, torch.float64, 0, ACCURATE)
     finite = torch.isfinite(A).all(dim=(-2, -1))
     A = torch.where(finite[:, None, None], A, torch.zeros((), dtype=A.dtype, device=A.device))
     e, scale = _pow2_scale(torch.diagonal(A, dim1=-2, dim2=-1).sum(-1).sqrt())
@@ -67,7 +68,7 @@ def _apply_or_nan(G: torch.Tensor, Mat: torch.Tensor, finite: torch.Tensor, scal
     NaN result" without a pass over the output.
     """
     Mat = torch.where(finite[:, None, None], Mat.to(work), torch.full((), float("nan"), dtype=work, device=Mat.device))
-    return _ops().triton_apply(G, Mat, scale, 0.0, 1.0, G.dtype, False)
+    return _ops().triton_apply(G, Mat, scale, 0.0, 1.0, G.dtype, ACCURATE)
 
 
 def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
@@ -83,7 +84,7 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
         norm = torch.linalg.vector_norm(G, dim=(-2, -1), dtype=torch.float64)
         finite = torch.isfinite(norm)
         _, scale = _pow2_scale(torch.where(finite, norm, torch.zeros_like(norm)))
-        A = _ops().triton_sym_gram(G, scale, False, torch.float32, 0, False)
+        A = _ops().triton_sym_gram(G, scale, False, torch.float32, 0, ACCURATE)
         A = torch.where(finite[:, None, None], A, torch.zeros((), dtype=A.dtype, device=A.device))
     lam, W = eigh(A)
     keep = eigen_threshold(lam, rcond)
@@ -117,14 +118,14 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tenso
     # well inside the 1% safety factor). Step 0's polynomial is then formed from them with the 1/t^2, 1/t^4
     # folded into its coefficients (an n x n elementwise op), and X is scaled once for step 0.
     X0 = X.to(dts[0])
-    A = ops.triton_sym_gram(X0, None, dts[0] == torch.float64, dts[0], 0, False)
-    A2 = ops.triton_sym_poly(A, 0.0, 1.0, False)
+    A = ops.triton_sym_gram(X0, None, dts[0] == torch.float64, dts[0], 0, ACCURATE)
+    A2 = ops.triton_sym_poly(A, 0.0, 1.0, ACCURATE)
     A, A2 = A.to(high), A2.to(high)
     t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
     t = torch.where(t > 0, t, torch.ones_like(t))[:, None, None]
     s0 = steps[0]
     B0 = ((s0.b / (t * t)) * A + (s0.c / (t * t) ** 2) * A2).to(dts[0])
-    X = ops.triton_apply((X / t).to(dts[0]), B0, None, s0.a, 1.0, dts[1], False)
+    X = ops.triton_apply((X / t).to(dts[0]), B0, None, s0.a, 1.0, dts[1], ACCURATE)
     for i in range(1, len(steps)):
         step = steps[i]
         X = ns_step(X.to(dts[i]), step.a, step.b, step.c, out_dtype=dts[i + 1])
@@ -145,7 +146,7 @@ def _newton_schulz_gram_side(G: torch.Tensor, mode: str, rcond: float) -> torch.
     n = A.shape[-1]
     # The tolerance of the output dtype: more float64 steps would polish digits the apply rounds away.
     steps = ns.steps_for(mode, rcond, n, compute_dtype(G.dtype))
-    A2 = ops.triton_sym_poly(A, 0.0, 1.0, False)
+    A2 = ops.triton_sym_poly(A, 0.0, 1.0, ACCURATE)
     t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
     t = torch.where(t > 0, t, torch.ones_like(t))[:, None, None]
     s0 = steps[0]
@@ -155,11 +156,11 @@ def _newton_schulz_gram_side(G: torch.Tensor, mode: str, rcond: float) -> torch.
     Q = torch.eye(n, dtype=A.dtype, device=A.device) / t  # Q_0 = I / t, then Q_1 = Q_0 P_0 below
     for i, step in enumerate(steps):
         if i > 0:
-            C = ops.triton_sym_poly(A, step.b, step.c, False)
-        Q = ops.triton_apply(Q, C, None, step.a, 1.0, A.dtype, False)  # Q P = a Q + Q C
+            C = ops.triton_sym_poly(A, step.b, step.c, ACCURATE)
+        Q = ops.triton_apply(Q, C, None, step.a, 1.0, A.dtype, ACCURATE)  # Q P = a Q + Q C
         if i + 1 < len(steps):
-            T = ops.triton_apply(A, C, None, step.a, 1.0, A.dtype, False)  # A P
-            A = ops.triton_apply(T, C, None, step.a, 1.0, A.dtype, False)  # A P P
+            T = ops.triton_apply(A, C, None, step.a, 1.0, A.dtype, ACCURATE)  # A P
+            A = ops.triton_apply(T, C, None, step.a, 1.0, A.dtype, ACCURATE)  # A P P
     # Q is applied in float64: the schedule multiplies directions below rcond by up to prod(a_k) ~ 1e4 (as
     # the tall iteration does to them), so Q has entries ~1e4 there and a float32 apply would add rounding
     # ~eps32 * 1e4 to every direction (measured: ||O||_2 = 1 + 1.3e-4 on a rank-deficient 136 x 16). The
