@@ -46,17 +46,15 @@ def check_precision(op: str, precision: str) -> str:
 
 
 def dot_precision(dtype: torch.dtype, precision: str) -> str:
-    """The ``input_precision`` of a dot whose operands have ``dtype``.
+    """The ``input_precision`` of a dot whose operands have ``dtype``: only float32 operands have a choice; the
+    rest get "ieee", which every dot accepts."""
+    return precision if dtype == torch.float32 else "ieee"
 
-    Only float32 operands have a choice; the rest get "ieee", which every dot accepts. Triton's interpreter
-    computes every float32 dot in float32 with numpy whatever ``input_precision`` says, and its frontend rejects
-    "bf16x3": there "bf16x3" is passed as "ieee", which is what the interpreter computes for it anyway.
-    """
-    if dtype != torch.float32:
-        return "ieee"
-    if precision == "bf16x3" and interpreting():
-        return "ieee"
-    return precision
+
+# Triton's interpreter computes every float32 dot in float32 with numpy whatever ``input_precision`` says, and its
+# frontend rejects "bf16x3": an interpreted launch passes "ieee" for it, which is what the interpreter computes for
+# every precision anyway. Plans (and so the cost models) keep "bf16x3": they describe the GPU launch.
+INTERPRETER_PRECISION = {"bf16x3": "ieee"}
 
 
 # ---------------------------------------------------------------- the device model
@@ -163,7 +161,10 @@ class KernelCall:
 
     def run(self, launch: Optional[Callable] = None) -> None:
         kernel = launch(self.kernel) if launch is not None else self.kernel
-        kernel[self.grid](*self.args.values(), **self.meta)
+        meta = self.meta
+        if "PRECISION" in meta and interpreting():
+            meta = {**meta, "PRECISION": INTERPRETER_PRECISION.get(meta["PRECISION"], meta["PRECISION"])}
+        kernel[self.grid](*self.args.values(), **meta)
 
 
 def run_all(calls: list[KernelCall], guard_tensor: torch.Tensor, launch: Optional[Callable] = None) -> None:

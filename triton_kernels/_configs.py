@@ -3,10 +3,11 @@ specialisation, and decisions cached on disk.
 
 * **Candidates.** Each autotuned kernel is given the union of its table below, and its early-prune hook keeps
   the candidates of the launch's operand class (:func:`operand_class`: the dtype its dots run in and, for
-  float32, the precision) and n class (``_common.n_class``). Small n classes have one candidate: the launch
-  then compiles one config and benchmarks nothing. Only the large classes, where the tile shape matters, offer
-  two. Every entry compiles for sm_90 without register spills and within the shared memory of an H100
-  (bench/check_triton_configs.py checks each one, with Triton 3.6 and 3.9; its test checks a subset).
+  float32, the precision) and n class (``_common.n_class``). Most classes have one candidate: the launch then
+  compiles one config and benchmarks nothing. Only n > 256, where the tile shape of the n x n and apply
+  products matters most, offers two. Every entry compiles for sm_90 without register spills and within the
+  shared memory of an H100 (bench/check_triton_configs.py checks each one, with Triton 3.6 and 3.9; its test
+  checks a subset).
 * **Keys.** Every kernel's key lists its n class and every constexpr that changes the compiled code (HAS_SCALE,
   HAS_RES, PARTIAL, ACC_F64, PRECISION); Triton appends the dtypes of the tensor arguments itself.
 * **Disk cache.** ``cache_results=True`` (Triton >= 3.5): a decision is stored in Triton's cache directory, keyed
@@ -51,21 +52,22 @@ def operand_class(dot_dtype: torch.dtype, precision: str) -> str:
 
 
 # TABLES[family][operand class][n class] -> candidates. n classes are 16, 32, ..., _common.N_CLASS_CAP; a class
-# missing from a table uses the next smaller one listed.
+# missing from a table uses the next smaller one listed. Two candidates only where n > 256 (the class 512), for the
+# products whose tile shape matters most there; one elsewhere, so that a first step compiles about one config
+# per key (bench/check_triton_configs.py --resnet50 counts them).
 TABLES: dict[str, dict[str, dict[int, list[triton.Config]]]] = {
-    # Symmetric Gram: a BLOCK_N x BLOCK_N tile of G^T G per program, streaming BLOCK_K rows of G at a time.
+    # Symmetric Gram: a BLOCK_N x BLOCK_N tile of G^T G per program, streaming BLOCK_K rows of G at a time. At most
+    # 64 wide: gram.choose_splits counts 64-wide tiles when it decides how far to split.
     "gram": {
         "f16": {
             16: [_c(4, 3, BLOCK_N=16, BLOCK_K=64)],
             32: [_c(4, 3, BLOCK_N=32, BLOCK_K=64)],
             64: [_c(4, 3, BLOCK_N=64, BLOCK_K=64)],
-            256: [_c(8, 3, BLOCK_N=128, BLOCK_K=64), _c(4, 4, BLOCK_N=64, BLOCK_K=64)],
         },
         "tc32": {
             16: [_c(4, 3, BLOCK_N=16, BLOCK_K=32)],
             32: [_c(4, 3, BLOCK_N=32, BLOCK_K=32)],
             64: [_c(4, 3, BLOCK_N=64, BLOCK_K=32)],
-            256: [_c(8, 3, BLOCK_N=128, BLOCK_K=32), _c(4, 3, BLOCK_N=64, BLOCK_K=32)],
         },
         "fma32": {
             16: [_c(4, 2, BLOCK_N=16, BLOCK_K=16)],
@@ -76,7 +78,6 @@ TABLES: dict[str, dict[str, dict[int, list[triton.Config]]]] = {
             16: [_c(4, 2, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 3, BLOCK_N=32, BLOCK_K=16)],
             64: [_c(4, 3, BLOCK_N=64, BLOCK_K=16)],
-            256: [_c(4, 3, BLOCK_N=64, BLOCK_K=16), _c(8, 3, BLOCK_N=64, BLOCK_K=32)],
         },
     },
     # b A + c A^2: a BLOCK_N x BLOCK_N tile of A @ A per program, BLOCK_K columns of A at a time.
@@ -85,13 +86,13 @@ TABLES: dict[str, dict[str, dict[int, list[triton.Config]]]] = {
             16: [_c(4, 3, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 3, BLOCK_N=32, BLOCK_K=32)],
             64: [_c(4, 3, BLOCK_N=64, BLOCK_K=64)],
-            256: [_c(8, 3, BLOCK_N=128, BLOCK_K=64), _c(4, 4, BLOCK_N=64, BLOCK_K=64)],
+            512: [_c(8, 3, BLOCK_N=128, BLOCK_K=64), _c(4, 4, BLOCK_N=64, BLOCK_K=64)],
         },
         "tc32": {
             16: [_c(4, 3, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 3, BLOCK_N=32, BLOCK_K=32)],
             64: [_c(4, 3, BLOCK_N=64, BLOCK_K=32)],
-            256: [_c(8, 3, BLOCK_N=128, BLOCK_K=32), _c(4, 3, BLOCK_N=64, BLOCK_K=32)],
+            512: [_c(8, 3, BLOCK_N=128, BLOCK_K=32), _c(4, 3, BLOCK_N=64, BLOCK_K=32)],
         },
         "fma32": {
             16: [_c(4, 2, BLOCK_N=16, BLOCK_K=16)],
@@ -102,7 +103,7 @@ TABLES: dict[str, dict[str, dict[int, list[triton.Config]]]] = {
             16: [_c(4, 2, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 3, BLOCK_N=32, BLOCK_K=16)],
             64: [_c(4, 3, BLOCK_N=64, BLOCK_K=16)],
-            256: [_c(4, 3, BLOCK_N=64, BLOCK_K=16), _c(8, 3, BLOCK_N=64, BLOCK_K=32)],
+            512: [_c(4, 3, BLOCK_N=64, BLOCK_K=16), _c(8, 3, BLOCK_N=64, BLOCK_K=32)],
         },
     },
     # alpha G + beta (s G) @ Mat: a BLOCK_M x BLOCK_N tile of the tall result per program, BLOCK_K of n at a time.
@@ -112,14 +113,14 @@ TABLES: dict[str, dict[str, dict[int, list[triton.Config]]]] = {
             32: [_c(4, 3, BLOCK_M=128, BLOCK_N=32, BLOCK_K=32)],
             64: [_c(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64)],
             128: [_c(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)],
-            256: [_c(8, 3, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64), _c(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)],
+            512: [_c(8, 3, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64), _c(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)],
         },
         "tc32": {
             16: [_c(4, 3, BLOCK_M=128, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 3, BLOCK_M=128, BLOCK_N=32, BLOCK_K=32)],
             64: [_c(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)],
             128: [_c(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32)],
-            256: [_c(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32), _c(4, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32)],
+            512: [_c(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32), _c(4, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32)],
         },
         "fma32": {
             16: [_c(4, 2, BLOCK_M=64, BLOCK_N=16, BLOCK_K=16)],
@@ -130,7 +131,7 @@ TABLES: dict[str, dict[str, dict[int, list[triton.Config]]]] = {
             16: [_c(4, 2, BLOCK_M=64, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 2, BLOCK_M=64, BLOCK_N=32, BLOCK_K=16)],
             64: [_c(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16)],
-            256: [_c(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16), _c(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=16)],
+            512: [_c(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16), _c(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=16)],
         },
     },
 }
