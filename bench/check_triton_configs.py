@@ -107,11 +107,14 @@ QUICK = [  # a subset for the test: one op per dot lowering (tf32x3, dmma from 1
 ]
 
 
-def jobs(quick: bool):
-    """Unique (kernel, specialisation, config) compile jobs, each with the op labels and n classes that use it."""
+def jobs(quick: bool, only: str | None = None):
+    """Unique (kernel, specialisation, config) compile jobs, each with the op labels and n classes that use it;
+    ``only``: a regular expression the op label must match."""
     out: dict[str, dict] = {}
     seen_quick = set()
     for label, call in op_calls(quick):
+        if only and not re.search(only, label):
+            continue
         if quick:
             # the largest n class, the first argument combination of each listed op
             if label not in QUICK or call.args["N"] != 512 or (label, call.name) in seen_quick:
@@ -180,17 +183,14 @@ KERNELS = {"gram._gram_kernel": gram._gram_kernel, "gram._reduce_splits_kernel":
 
 
 # ---------------------------------------------------------------- compile and read
-_CACHE_DIR = tempfile.mkdtemp(prefix="orthokern_check_")
-
-
-def compile_job(job: dict, arch: int) -> dict:
+def compile_job(job: dict, arch: int, cache_dir: str) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     # Compile afresh (ptxas prints its log only on a real compile) into a private cache.
     triton.knobs.nvidia.dump_ptxas_log = True
     triton.knobs.compilation.always_compile = True
-    triton.knobs.cache.dir = _CACHE_DIR
+    triton.knobs.cache.dir = cache_dir
     fn = _jit_fn(KERNELS[job["kernel"]])
     src = ASTSource(fn, job["sig"], job["consts"], job["attrs"])
     log = io.StringIO()
@@ -279,13 +279,14 @@ def format_table(rows: list[dict], arch: int) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool = False, arch: int = 90, n_jobs: int = 1) -> list[dict]:
-    todo = jobs(quick)
-    if n_jobs > 1:
-        with concurrent.futures.ProcessPoolExecutor(n_jobs) as ex:
-            rows = list(ex.map(compile_job, todo, [arch] * len(todo)))
-    else:
-        rows = [compile_job(j, arch) for j in todo]
+def run(quick: bool = False, arch: int = 90, n_jobs: int = 1, only: str | None = None) -> list[dict]:
+    todo = jobs(quick, only)
+    with tempfile.TemporaryDirectory(prefix="orthokern_check_") as cache_dir:
+        if n_jobs > 1:
+            with concurrent.futures.ProcessPoolExecutor(n_jobs) as ex:
+                rows = list(ex.map(compile_job, todo, [arch] * len(todo), [cache_dir] * len(todo)))
+        else:
+            rows = [compile_job(j, arch, cache_dir) for j in todo]
     for r in rows:
         r["status"] = verdict(r, arch)
     rows.sort(key=lambda r: (r["kernel"], json.dumps(r["dtypes"]), json.dumps(r["meta"], default=str),
@@ -355,6 +356,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a subset: one config per dot lowering")
     p.add_argument("--arch", type=int, default=90, help="compute capability to compile for (default 90)")
     p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
+    p.add_argument("--only", help="only the ops whose label matches this regular expression (e.g. 'apply G=bf16')")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--resnet50", action="store_true",
                    help="instead: the autotune keys and configs a first ResNet-50 polar step compiles (no compile)")
@@ -373,7 +375,7 @@ def main(argv=None) -> int:
         return 0
     if _common.interpreting():
         p.error("TRITON_INTERPRET is set: the kernels are interpreted, not compiled; unset it")
-    rows = run(args.quick, args.arch, args.jobs)
+    rows = run(args.quick, args.arch, args.jobs, args.only)
     print(format_table(rows, args.arch))
     if args.json:
         with open(args.json, "w") as f:

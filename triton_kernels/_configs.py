@@ -10,10 +10,10 @@ specialisation, and decisions cached on disk.
   checks a subset).
 * **Keys.** Every kernel's key lists its n class and every constexpr that changes the compiled code (HAS_SCALE,
   HAS_RES, PARTIAL, ACC_F64, PRECISION); Triton appends the dtypes of the tensor arguments itself.
-* **Disk cache.** ``cache_results=True`` (Triton >= 3.5): a decision is stored in Triton's cache directory, keyed
-  by Triton's version, the target (backend, compute capability, ptxas version), the kernel source, the key and
-  the candidate configs, so later processes on a GPU of the same compute capability benchmark nothing. (The
-  device name is not in Triton's key: an H100 and an H200, both sm_90, share decisions.)
+* **Disk cache.** ``cache_results=True`` (Triton 3.6 and 3.9 both have it): a decision is stored in Triton's
+  cache directory, keyed by Triton's version, the target (backend, compute capability, ptxas version), the kernel
+  source, the key and the candidate configs, so later processes on a GPU of the same compute capability
+  benchmark nothing. (The device name is not in Triton's key: an H100 and an H200, both sm_90, share decisions.)
 * **The interpreter** (``TRITON_INTERPRET=1``) gets one tiny config per kernel: no benchmarking through the slow
   interpreter, and Triton skips its disk cache there.
 
@@ -61,23 +61,28 @@ TABLES: dict[str, dict[str, dict[int, list[triton.Config]]]] = {
     "gram": {
         "f16": {
             16: [_c(4, 3, BLOCK_N=16, BLOCK_K=64)],
-            32: [_c(4, 3, BLOCK_N=32, BLOCK_K=64)],
+            32: [_c(4, 3, BLOCK_N=32, BLOCK_K=32)],  # BLOCK_K=64 spilled 24 bytes storing a 16-bit result
             64: [_c(4, 3, BLOCK_N=64, BLOCK_K=64)],
         },
         "tc32": {
-            16: [_c(4, 3, BLOCK_N=16, BLOCK_K=32)],
-            32: [_c(4, 3, BLOCK_N=32, BLOCK_K=32)],
+            # Small spills (8-28 bytes, ptxas capping registers at 72-80) moved with stages and BLOCK_K between
+            # Triton 3.6 and 3.9; these compile clean on both
+            16: [_c(4, 3, BLOCK_N=16, BLOCK_K=16)],
+            32: [_c(4, 2, BLOCK_N=32, BLOCK_K=16)],
             64: [_c(4, 3, BLOCK_N=64, BLOCK_K=32)],
         },
         "fma32": {
             16: [_c(4, 2, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 2, BLOCK_N=32, BLOCK_K=16)],
-            64: [_c(4, 2, BLOCK_N=64, BLOCK_K=16)],
+            # 32 wide at every n: a 64 x 64 FMA accumulator spilled (40 bytes over 4 warps, 16 over 8 on Triton 3.9)
+            64: [_c(4, 2, BLOCK_N=32, BLOCK_K=16)],
         },
         "f64": {
             16: [_c(4, 2, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 3, BLOCK_N=32, BLOCK_K=16)],
-            64: [_c(4, 3, BLOCK_N=64, BLOCK_K=16)],
+            # 64 x 16 spilled 8-16 bytes over 4 warps on Triton 3.6 and over 8 on Triton 3.9 (ptxas capping
+            # registers at 128 / 80); 64 x 32 over 8 warps compiles clean on both
+            64: [_c(8, 3, BLOCK_N=64, BLOCK_K=32)],
         },
     },
     # b A + c A^2: a BLOCK_N x BLOCK_N tile of A @ A per program, BLOCK_K columns of A at a time.
@@ -118,20 +123,23 @@ TABLES: dict[str, dict[str, dict[int, list[triton.Config]]]] = {
         "tc32": {
             16: [_c(4, 3, BLOCK_M=128, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 3, BLOCK_M=128, BLOCK_N=32, BLOCK_K=32)],
-            64: [_c(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)],
+            # 8 warps: float32 operands split hi/lo in registers (and a 16-bit or fp64 G converted) took 4 warps to
+            # 250-255 registers per thread at 128 x 64 and 64 x 128
+            64: [_c(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)],
             128: [_c(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32)],
-            512: [_c(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32), _c(4, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32)],
+            512: [_c(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32), _c(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)],
         },
         "fma32": {
             16: [_c(4, 2, BLOCK_M=64, BLOCK_N=16, BLOCK_K=16)],
+            # 32 wide at every n: 64 x 64 spilled 8 bytes with a float64 G on Triton 3.6
             32: [_c(4, 2, BLOCK_M=64, BLOCK_N=32, BLOCK_K=16)],
-            64: [_c(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16)],
         },
         "f64": {
-            16: [_c(4, 2, BLOCK_M=64, BLOCK_N=16, BLOCK_K=16)],
+            # Triton 3.6's ptxas spilled 8-36 bytes at 64 x 16 over 4 warps, 64 x 64 over 4, and 128 x 64 over 8
+            16: [_c(8, 3, BLOCK_M=128, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 2, BLOCK_M=64, BLOCK_N=32, BLOCK_K=16)],
-            64: [_c(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16)],
-            512: [_c(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16), _c(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=16)],
+            64: [_c(8, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16)],
+            512: [_c(8, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16), _c(8, 3, BLOCK_M=128, BLOCK_N=32, BLOCK_K=16)],
         },
     },
 }
