@@ -5,11 +5,13 @@
 Measures, in one run on one GPU:
 
 1. the copy bandwidth of the card (device-to-device copy of 1 GiB: read + write bytes / time);
-2. the Gram stage G^T G of 256 x 576 x 64 and 1024 x 256 x 32 float32: Triton fp32 (ieee) and fp64-accumulating
-   kernels against torch (fp32 with TF32 off, and fp64), each against the memory floor = bytes of G / copy
+2. the Gram stage G^T G of 256 x 576 x 64 and 1024 x 256 x 32 float32: Triton fp32 at each precision of its
+   float32 dots (ieee: CUDA-core FMA; tf32x3: tensor cores at about float32 accuracy) and the fp64-accumulating
+   kernel against torch (fp32 with TF32 off, and fp64), each against the memory floor = bytes of G / copy
    bandwidth;
-3. one Newton–Schulz step X <- a X + X (b A + c A^2) on 4096 x 4096 bfloat16: the fused Triton step against
-   torch's three matmuls (the step Muon runs);
+3. one Newton–Schulz step X <- a X + X (b A + c A^2) on 4096 x 4096: bfloat16, the fused Triton step against
+   torch's three matmuls (the step Muon runs); float32 (the accurate mode's square steps), Triton with tf32x3
+   and with ieee dots against torch with TF32 off;
 4. the full fast-mode polar factor of a 4096 x 4096 bfloat16 matrix: orthokern (backend triton and torch)
    against torch.optim.Muon's 5-step Newton–Schulz, with E of each (float64 SVD reference on the CPU);
 5. the accurate polar factor of 8 x 4608 x 512 float32: Newton–Schulz on the X side and on the Gram side
@@ -59,10 +61,11 @@ def bench_gram(bw: float, shapes=((256, 576, 64), (1024, 256, 32)), device: str 
         torch.backends.cuda.matmul.allow_tf32 = False
         try:
             cands = {
-                "triton fp32 (ieee)": lambda: tk.sym_gram(G),
-                "triton fp64-acc": lambda: tk.sym_gram(G, acc_f64=True),
-                "torch fp32 (no TF32)": lambda: G.mT @ G,
-                "torch fp64": lambda: G.double().mT @ G.double(),
+                "triton fp32 (ieee)": lambda G=G: tk.sym_gram(G, precision="ieee"),
+                "triton fp32 (tf32x3)": lambda G=G: tk.sym_gram(G, precision="tf32x3"),
+                "triton fp64-acc": lambda G=G: tk.sym_gram(G, acc_f64=True),
+                "torch fp32 (no TF32)": lambda G=G: G.mT @ G,
+                "torch fp64": lambda G=G: G.double().mT @ G.double(),
             }
             for name, fn in cands.items():
                 ms = _bench(fn)
@@ -89,14 +92,31 @@ def bench_ns_step(n: int = 4096, device: str = "cuda") -> list[dict]:
     for name, fn in {"triton fused step": lambda: tk.ns_step(X, a, b, c), "torch 3 matmuls": torch_step}.items():
         ms = _bench(fn)
         rows.append(_row("ns_step", f"{n}x{n} bf16", name, ms, tflops=flops / (ms * 1e-3) / 1e12))
+    X = X.float()
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        Xd = X.double()
+        Ad = Xd.mT @ Xd
+        ref = a * Xd + Xd @ (b * Ad + c * Ad @ Ad)
+        cands = {f"triton fused step ({p})": (lambda p=p: tk.ns_step(X, a, b, c, precision=p))
+                 for p in ("tf32x3", "ieee")}
+        cands["torch 3 matmuls (TF32 off)"] = torch_step
+        for name, fn in cands.items():
+            ms = _bench(fn, warmup=5, rep=30)
+            err = ((fn().double() - ref).norm() / ref.norm()).item()
+            rows.append(_row("ns_step", f"{n}x{n} fp32", name, ms, tflops=flops / (ms * 1e-3) / 1e12, rel_err=err))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
     return rows
 
 
 def bench_polar_fast(n: int = 4096, accuracy: bool = True, device: str = "cuda") -> list[dict]:
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
     import orthokern
     from orthokern.testing import accuracy as acc_of
     from orthokern.testing import random_matrix
-    from torch.optim._muon import _zeropower_via_newtonschulz
 
     G = random_matrix(1, n, n, "decaying", dtype=torch.bfloat16, device=device, seed=0)
     cands = {
@@ -154,7 +174,7 @@ def run(quick: bool = False, accuracy: bool = True) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = ["stage", "shape", "impl", "ms", "floor_ms", "x_floor", "tflops", "GBps", "E"]
+    cols = ["stage", "shape", "impl", "ms", "floor_ms", "x_floor", "tflops", "GBps", "E", "rel_err"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = []

@@ -29,6 +29,9 @@ class Launch:
     bytes: float  # bytes read from and written to device memory (compulsory traffic: each operand once)
     # (autotuner key, number of configs it benchmarks on a first call), or None for a kernel that is not autotuned
     tune: tuple[str, int] | None = None
+    # One identity per binary a first call compiles (kernel, its constexpr specialisation, a candidate config,
+    # argument dtypes): launches that share a binary share its identity, so the set over a step counts compilations.
+    compiled: tuple[str, ...] = ()
 
     def __post_init__(self):
         bad = set(self.flops) - set(UNITS)

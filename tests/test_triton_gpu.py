@@ -85,8 +85,8 @@ def test_ops_compile_with_inductor():
     G = random_matrix(8, 300, 48, "gaussian", device="cuda", seed=6)
 
     def f(G):
-        A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 0, False)
-        return torch.ops.orthokern.triton_apply(G, A, None, 0.5, 1.0, torch.float32, False)
+        A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 0, "tf32x3")
+        return torch.ops.orthokern.triton_apply(G, A, None, 0.5, 1.0, torch.float32, "tf32x3")
 
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(G), f(G))
 
@@ -101,3 +101,86 @@ def test_newton_schulz_both_sides_real_size(side):
     O = polar_newton_schulz(G, mode="accurate", rcond=1e-3, side=side)
     acc = accuracy(G[:2], O[:2])
     assert acc.E <= E_BOUND[torch.float32] and acc.norm2 <= 1 + NORM_SLACK[torch.float32], acc
+
+
+# ---------------------------------------------------------------- device guard (issue 14, item 6)
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_ops_on_a_non_current_device(tk):
+    """A gradient on cuda:1 while cuda:0 is current: every launch must go to cuda:1 (Triton launches on the
+    current device), with the same result as on cuda:0."""
+    assert torch.cuda.current_device() == 0
+    G0 = random_matrix(4, 1152, 128, "decaying", device="cuda:0", seed=8)
+    G1 = G0.to("cuda:1")
+    scale = torch.full((4,), 0.5, device="cuda:1")
+    A1 = tk.sym_gram(G1, scale=scale, acc_f64=True)
+    assert A1.device == G1.device and torch.cuda.current_device() == 0
+    torch.testing.assert_close(A1.cpu(), tk.sym_gram(G0, scale=scale.to("cuda:0"), acc_f64=True).cpu(), rtol=0, atol=0)
+    C1 = tk.sym_poly(A1.float(), 1.5, -0.5)
+    O1 = tk.apply(G1, C1, alpha=0.25)
+    ref = 0.25 * G1.double() + G1.double() @ C1.double()
+    assert (O1.double() - ref).abs().max() <= 1e-4 * ref.abs().max()
+    for method in ("gram_eigh", "newton_schulz"):
+        O = orthokern.polar(G1, method=method, backend="triton")
+        acc = accuracy(G1, O)
+        assert O.device == G1.device and acc.E <= E_BOUND[torch.float32], (method, acc)
+    assert torch.cuda.current_device() == 0
+
+
+# ---------------------------------------------------------------- precision on the tensor cores (issue 14, item 2)
+def test_tf32x3_keeps_float32_accuracy_tf32_does_not(tk):
+    G = random_matrix(64, 1152, 128, "gaussian", device="cuda", seed=9)
+    ref = G.double().mT @ G.double()
+    # relative Frobenius errors: float32 rounding gives ~1e-7, TF32's 10-bit mantissa ~1e-3 (reading an operand as
+    # TF32 drops 13 bits: a bias of ~2^-11 per operand on the dominant diagonal)
+    rel = {p: ((tk.sym_gram(G, precision=p).double() - ref).norm() / ref.norm()).item()
+           for p in ("ieee", "tf32x3", "tf32")}
+    assert rel["ieee"] <= 1e-6 and rel["tf32x3"] <= 1e-6 and rel["tf32"] >= 1e-5, rel
+    assert bool(((tk.sym_gram(G, precision="tf32x3").double() - ref).abs() <= _exact_bound(G, 2.0**-24)).all())
+    A = (ref / ref.diagonal(dim1=-2, dim2=-1).amax(-1)[:, None, None]).float().contiguous()
+    Ad = A.double()
+    for p in ("ieee", "tf32x3"):
+        C = tk.sym_poly(A, 0.0, 1.0, precision=p)
+        assert bool(((C.double() - Ad @ Ad).abs() <= 4 * 128 * 2.0**-24 * (Ad.abs() @ Ad.abs())).all()), p
+        O = tk.apply(G, A, precision=p)
+        Gd = G.double()
+        assert bool(((O.double() - Gd @ Ad).abs() <= 4 * 128 * 2.0**-24 * (Gd.abs() @ Ad.abs())).all()), p
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_paths_at_real_size(tk, dtype):
+    """The paths the interpreter cannot check in bfloat16: 16-bit dots, fp64 accumulation of 16-bit loads, an fp64
+    accumulator stored as 16 bits."""
+    G = random_matrix(8, 4608, 512, "decaying", dtype=dtype, device="cuda", seed=10)
+    Gd = G.double()
+    ref = Gd.mT @ Gd
+    assert bool(((tk.sym_gram(G).double() - ref).abs() <= _exact_bound(G, 2.0**-24)).all())
+    assert bool(((tk.sym_gram(G, acc_f64=True) - ref).abs() <= _exact_bound(G, 2.0**-53)).all())
+    M = torch.randn(8, 512, 512, dtype=torch.float64, device="cuda") / 512**0.5
+    O = tk.apply(G, M)
+    assert O.dtype == dtype
+    assert ((O.double() - Gd @ M).abs() <= 2.0**-8 * (Gd @ M).abs() + 1e-6 * (Gd.abs() @ M.abs())).all()
+
+
+# ---------------------------------------------------------------- autotuning cached on disk (issue 14, item 5)
+def test_autotune_decisions_are_cached_across_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from orthokern.dispatch import _load_triton_kernels\n"
+        "tk = _load_triton_kernels()\n"
+        "G = torch.randn(2, 2048, 512, device='cuda')\n"
+        "tk.apply(G, torch.randn(2, 512, 512, device='cuda'), alpha=0.5)  # n > 256: two candidates\n"
+        "torch.cuda.synchronize()\n"
+    )
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path), TRITON_PRINT_AUTOTUNING="1",
+               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+            for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert "Triton autotuning for function _apply_kernel" in runs[0].stdout
+    assert "Triton autotuning for function _apply_kernel" not in runs[1].stdout  # the second process read it
+    assert list(tmp_path.rglob("_apply_kernel.autotune.json"))

@@ -99,10 +99,10 @@ def test_sym_gram_float64_input(tk):
 
 
 def test_choose_splits_fills_the_device_only_when_needed(tk):
-    dev = torch.device(DEVICE)
-    assert tk.choose_splits(1024, 256, 32, dev) == 1  # the batch alone fills the GPU
-    assert tk.choose_splits(1, 4096, 64, dev) > 1
-    assert tk.choose_splits(1, 100, 64, dev) == 1  # too few rows to be worth a second pass
+    sms = 132  # an H100 SXM
+    assert tk.choose_splits(1024, 256, 32, sms) == 1  # the batch alone fills the GPU
+    assert tk.choose_splits(1, 4096, 64, sms) == 16  # 264 programs wanted, 4096 // 256 rows allow 16 splits
+    assert tk.choose_splits(1, 100, 64, sms) == 1  # too few rows to be worth a second pass
 
 
 def test_sym_gram_errors_name_the_argument(tk):
@@ -178,20 +178,20 @@ def test_ns_step_matches_torch_step(tk, coeffs, dtype):
 # ---------------------------------------------------------------- the registered ops
 def test_ops_registered_and_opcheck(tk):
     G = _mat(2, 24, 16, seed=21)
-    A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 2, False)
+    A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 2, "tf32x3")
     torch.testing.assert_close(A, tk.sym_gram(G, splits=2), rtol=0, atol=0)
-    torch.library.opcheck(torch.ops.orthokern.triton_sym_gram, (G, None, True, torch.float64, 0, False))
-    torch.library.opcheck(torch.ops.orthokern.triton_sym_poly, (A, 0.5, -0.25, False))
+    torch.library.opcheck(torch.ops.orthokern.triton_sym_gram, (G, None, True, torch.float64, 0, "tf32x3"))
+    torch.library.opcheck(torch.ops.orthokern.triton_sym_poly, (A, 0.5, -0.25, "tf32x3"))
     torch.library.opcheck(torch.ops.orthokern.triton_apply, (G, A, torch.ones(2, device=DEVICE), 0.5, 1.0,
-                                                             torch.float32, False))
+                                                             torch.float32, "tf32x3"))
 
 
 def test_ops_under_torch_compile(tk):
     G = _mat(2, 24, 16, seed=22)
 
     def f(G):
-        A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 0, False)
-        return torch.ops.orthokern.triton_apply(G, A, None, 0.5, 1.0, torch.float32, False)
+        A = torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32, 0, "tf32x3")
+        return torch.ops.orthokern.triton_apply(G, A, None, 0.5, 1.0, torch.float32, "tf32x3")
 
     # aot_eager: traces through the op registrations (fake impls, functionalisation) without invoking a C++
     # compiler; the GPU test compiles with Inductor.
@@ -215,3 +215,430 @@ def test_long_batches_launch_in_slices(tk, monkeypatch):
     O = tk.apply(G, A, scale=scale, alpha=0.5)
     ref = 0.5 * G.double() + Gs @ A.double()
     torch.testing.assert_close(O.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+# ---------------------------------------------------------------- precision as data
+def test_precision_is_checked_by_every_op(tk):
+    G = _mat(1, 20, 16)
+    A = G.mT @ G
+    for call in (lambda p: tk.sym_gram(G, precision=p), lambda p: tk.sym_poly(A, 1.0, 1.0, precision=p),
+                 lambda p: tk.apply(G, A, precision=p), lambda p: tk.ns_step(G, 1.5, -0.5, 0.0, precision=p)):
+        with pytest.raises(ValueError, match="precision must be one of"):
+            call("fp32")
+        with pytest.raises(ValueError, match="precision must be one of"):
+            call(True)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="the interpreter's handling of bf16x3")
+def test_bf16x3_runs_as_ieee_under_the_interpreter(tk):
+    """The interpreter's frontend rejects "bf16x3" and computes every float32 dot in float32 whatever the
+    precision: an interpreted launch passes "ieee" for it, so all precisions agree bit for bit there."""
+    G = _mat(2, 40, 20, seed=31)
+    A = tk.sym_gram(G, precision="ieee")
+    for p in ("tf32", "tf32x3", "bf16x3"):
+        assert torch.equal(tk.sym_gram(G, precision=p), A)
+        assert torch.equal(tk.apply(G, A, precision=p), tk.apply(G, A, precision="ieee"))
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """Triton's interpreter with two of its gaps filled, so that tests can see what a GPU computes:
+
+    * bfloat16: the interpreter keeps bfloat16 values as their uint16 bit patterns, and its ``create_dot`` and
+      its casts other than float32 <-> bfloat16 treat those bits as integers (see the strict xfails below), and
+      its float32 -> bfloat16 cast truncates; here bfloat16 operands are widened to float32 first, and casts to
+      bfloat16 round to nearest even from any float type, as the GPU does;
+    * input_precision: the interpreter computes every float32 dot in float32; here "tf32" drops the 13 low
+      mantissa bits of each operand (as the tensor cores read TF32) and "tf32x3" sums the three products of
+      the split a = hi + lo, hi and lo rounded to TF32 (Triton's decomposition of tf32x3).
+    """
+    if not INTERPRET:
+        pytest.skip("emulates the GPU under the interpreter")
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as I
+
+    builder = I.InterpreterBuilder
+    if not all(hasattr(builder, a) for a in ("create_dot", "cast_impl")) or not hasattr(I, "TensorHandle"):
+        pytest.skip("this Triton's interpreter has another structure")
+
+    def widen(h):
+        if h.dtype.scalar == tl.bfloat16:
+            return (h.data.astype(np.uint32) << 16).view(np.float32)
+        return h.data
+
+    def tf32(x, rna):
+        bits = x.astype(np.float32).view(np.uint32)
+        if rna:
+            bits = bits + np.uint32(0x1000)
+        return (bits & np.uint32(0xFFFFE000)).view(np.float32)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        x, y = widen(a), widen(b)
+        name = getattr(input_precision, "name", str(input_precision)).upper()
+        acc = d.data.dtype
+        if x.dtype == np.float32 and name == "TF32":
+            out = np.matmul(tf32(x, False), tf32(y, False), dtype=acc)
+        elif x.dtype == np.float32 and name == "TF32X3":
+            xh, yh = tf32(x, True), tf32(y, True)
+            xl, yl = tf32(x - xh, True), tf32(y - yh, True)
+            out = (np.matmul(xl, yh, dtype=acc) + np.matmul(xh, yl, dtype=acc)) + np.matmul(xh, yh, dtype=acc)
+        else:
+            out = np.matmul(x, y, dtype=acc)
+        return I.TensorHandle(out + d.data, d.dtype.scalar)
+
+    stock_cast = builder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        s, t = src.dtype.scalar, dst_type.scalar
+        if t == tl.bfloat16 and s.is_floating():
+            # round to nearest even, as the GPU's cvt.rn.bf16 (via float32: a second rounding of < 2^-24)
+            bits = widen(src).astype(np.float32).view(np.uint32)
+            out = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+            out = np.where(np.isnan(widen(src)), np.uint16(0x7FC0), out)
+            return I.TensorHandle(out, t)
+        if s == tl.bfloat16 and t.is_floating():
+            return I.TensorHandle(widen(src).astype(I._get_np_dtype(t)), t)
+        return stock_cast(self, src, dst_type)
+
+    monkeypatch.setattr(builder, "create_dot", create_dot)
+    monkeypatch.setattr(builder, "cast_impl", cast_impl)
+
+
+def test_precision_reaches_every_dot(tk, emulated):
+    """With the precisions emulated: "ieee" and "tf32x3" meet the float32 rounding bounds, "tf32" (10-bit
+    mantissa) does not, in each of the three kernels (so each passes its precision to its dot)."""
+    G = _mat(2, 70, 24, seed=32, kind="gaussian")
+    Gd = G.double()
+    A = (G.mT @ G).contiguous()
+    Ad = A.double()
+    cases = {
+        "gram": (lambda p: tk.sym_gram(G, precision=p), Gd.mT @ Gd, _gram_bound(G, EPS[torch.float32])),
+        "poly": (lambda p: tk.sym_poly(A, 0.0, 1.0, precision=p), Ad @ Ad,
+                 4 * 24 * EPS[torch.float32] * (Ad.abs() @ Ad.abs())),
+        "apply": (lambda p: tk.apply(G, A, precision=p), Gd @ Ad, 4 * 24 * EPS[torch.float32] * (Gd.abs() @ Ad.abs())),
+    }
+    for name, (f, ref, bound) in cases.items():
+        for p, ok in (("ieee", True), ("tf32x3", True), ("tf32", False)):
+            err = (f(p).double() - ref).abs()
+            assert bool((err <= bound).all()) == ok, (name, p, (err / bound).max().item())
+        # and TF32 is what "tf32" got: within its own 2^-10 relative rounding
+        err = (f("tf32").double() - ref).abs()
+        assert bool((err <= bound * 2.0**14).all()), (name, (err / bound).max().item())
+
+
+# ---------------------------------------------------------------- bfloat16 under the interpreter (issue 13, item 9)
+# Each failure reported for bfloat16 under the interpreter, and where it comes from. Under the stock interpreter they
+# are strict xfails: the interpreter stores bfloat16 as uint16 bit patterns, so (1) its tl.dot multiplies the bit
+# patterns as integers (sym_gram off by ~6e10, fast gram_eigh ~1e-6: the Gram matrix is garbage), and (2) its
+# casts between bfloat16 and anything but float32 convert the bit patterns numerically (an fp64 accumulator stored
+# as bfloat16 becomes NaN/garbage: apply with a float64 Mat, and accurate newton_schulz, whose Gram-side iteration
+# ends in that apply, returning zeros). With those two gaps filled (``emulated``) the same kernels are right, and
+# float16, which the interpreter represents natively, passes through the same code paths: the kernels are not at
+# fault. On a GPU these tests run unmarked.
+_BF16_XFAIL = pytest.mark.xfail(
+    INTERPRET, strict=True,
+    reason="Triton's interpreter keeps bfloat16 as uint16 bits: tl.dot and casts other than fp32<->bf16 "
+           "treat them as integers (triton/runtime/interpreter.py create_dot, cast_impl)")
+
+
+
+def _bf16_case(tk, case, dtype):
+    """One reported symptom as a check that holds on a GPU: (error, bound)."""
+    import orthokern
+    from orthokern.testing import E_BOUND, accuracy
+
+    g = torch.randn(40, 4, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    G = g.to(dtype)
+    if case == "newton_schulz accurate":
+        return accuracy(G, orthokern.polar(G, method="newton_schulz", backend="triton")).E, E_BOUND[dtype]
+    if case == "gram_eigh fast":
+        return accuracy(G, orthokern.polar(G, method="gram_eigh", mode="fast", backend="triton")).E, E_BOUND[dtype]
+    Gb = G[None]
+    if case == "sym_gram":
+        A = torch.ops.orthokern.triton_sym_gram(Gb, None, False, torch.float32, 0, "tf32x3")
+        ref = Gb.double().mT @ Gb.double()  # exact products: only the fp32 accumulation errs
+        return ((A.double() - ref).abs() / _gram_bound(Gb, EPS[torch.float32])).max().item(), 1.0
+    if case == "apply float64 Mat":
+        M = torch.randn(1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+        O = torch.ops.orthokern.triton_apply(Gb, M, None, 0.0, 1.0, dtype, "tf32x3")
+        ref = Gb.double() @ M
+        # one rounding of the fp64 accumulator to the output (the emulation's via float32: + 2^-24 relative)
+        return ((O.double() - ref).abs() / (EPS[dtype] * ref.abs() + 1e-30)).max().item(), 1.0 + 2.0**-15
+    raise AssertionError(case)
+
+
+BF16_CASES = ["newton_schulz accurate", "gram_eigh fast", "sym_gram", "apply float64 Mat"]
+# gram_eigh forms its Gram matrix in float64 in every mode now (docs/design.md, "Fast mode"): its bfloat16 input is
+# widened before the dot, which the interpreter gets right, so that reported symptom no longer arises.
+_BF16_INTERPRETER_BOUND = [pytest.param(c, marks=_BF16_XFAIL) if c != "gram_eigh fast" else c for c in BF16_CASES]
+
+
+@pytest.mark.parametrize("case", _BF16_INTERPRETER_BOUND)
+def test_bfloat16_reported_cases(tk, case):
+    err, bound = _bf16_case(tk, case, torch.bfloat16)
+    assert err <= bound, (case, err, bound)
+
+
+@pytest.mark.parametrize("case", BF16_CASES)
+def test_bfloat16_reported_cases_with_bf16_emulated(tk, case, emulated):
+    err, bound = _bf16_case(tk, case, torch.bfloat16)
+    assert err <= bound, (case, err, bound)
+
+
+@pytest.mark.parametrize("case", BF16_CASES)
+def test_float16_twins_of_the_reported_cases(tk, case):
+    """The same kernels and code paths (16-bit loads, 16-bit dots, fp64 -> 16-bit stores) in float16."""
+    err, bound = _bf16_case(tk, case, torch.float16)
+    assert err <= bound, (case, err, bound)
+
+
+_KERNELS = {}
+
+
+def _interpreter_probe_kernels():
+    """Two minimal kernels that isolate the interpreter's bfloat16 gaps from orthokern's code."""
+    if not _KERNELS:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def dot16(A, B, C):
+            r = tl.arange(0, 16)
+            a = tl.load(A + r[:, None] * 16 + r[None, :])
+            b = tl.load(B + r[:, None] * 16 + r[None, :])
+            tl.store(C + r[:, None] * 16 + r[None, :], tl.dot(a, b))
+
+        @triton.jit
+        def cast16(X, Y):
+            r = tl.arange(0, 16)
+            tl.store(Y + r, tl.load(X + r).to(Y.dtype.element_ty))
+
+        _KERNELS.update(dot16=dot16, cast16=cast16)
+    return _KERNELS
+
+
+def _probe_bf16_dot():
+    k = _interpreter_probe_kernels()["dot16"]
+    a = torch.randn(16, 16, generator=torch.Generator().manual_seed(2)).to(DEVICE).bfloat16()
+    c = torch.empty(16, 16, device=DEVICE)
+    k[(1,)](a, a, c)
+    torch.testing.assert_close(c, a.float() @ a.float(), rtol=1e-5, atol=1e-5)
+
+
+def _probe_bf16_cast(src_dtype):
+    k = _interpreter_probe_kernels()["cast16"]
+    # values half-way and just off half-way between bfloat16 neighbours: truncation and rounding differ
+    x = (1 + torch.arange(16, dtype=torch.float64) * 2.0**-8 + 2.0**-9 + 2.0**-12).to(src_dtype).to(DEVICE)
+    y = torch.empty(16, dtype=torch.bfloat16, device=DEVICE)
+    k[(1,)](x, y)
+    torch.testing.assert_close(y, x.bfloat16(), rtol=0, atol=0)
+
+
+@_BF16_XFAIL
+def test_interpreter_bfloat16_dot():
+    _probe_bf16_dot()
+
+
+@_BF16_XFAIL
+def test_interpreter_float64_to_bfloat16_cast():
+    _probe_bf16_cast(torch.float64)
+
+
+@pytest.mark.xfail(INTERPRET, strict=True, reason="Triton's interpreter casts float32 to bfloat16 by truncation "
+                   "(interpreter.py cast_impl passes no rounding mode to _convert_float); the GPU rounds to nearest")
+def test_interpreter_float32_to_bfloat16_cast_rounds():
+    _probe_bf16_cast(torch.float32)
+
+
+def test_the_emulation_fills_exactly_these_gaps(emulated):
+    _probe_bf16_dot()
+    _probe_bf16_cast(torch.float64)
+    _probe_bf16_cast(torch.float32)
+
+
+# ---------------------------------------------------------------- device guard
+def test_every_launch_runs_under_the_device_guard(tk, monkeypatch):
+    from orthokern.triton_kernels import _common
+
+    guarded, launched = [], []
+    real_guard, real_run = _common.device_guard, _common.KernelCall.run
+
+    def guard(t):
+        guarded.append(t)
+        return real_guard(t)
+
+    def run(self, launch=None):
+        launched.append((self.name, len(guarded)))
+        return real_run(self, launch)
+
+    monkeypatch.setattr(_common, "device_guard", guard)
+    monkeypatch.setattr(_common.KernelCall, "run", run)
+    G = _mat(2, 40, 20, seed=41)
+    A = tk.sym_gram(G, splits=2)
+    tk.sym_poly(A, 1.0, -0.5)
+    tk.apply(G, A, alpha=0.5)
+    tk.ns_step(G, 1.5, -0.5, 0.25)
+    assert [name for name, _ in launched] == [
+        "gram._gram_kernel", "gram._reduce_splits_kernel", "poly._sym_poly_kernel", "tall_apply._apply_kernel",
+        "gram._gram_kernel", "poly._sym_poly_kernel", "tall_apply._apply_kernel"]
+    assert all(n >= 1 for _, n in launched) and len(guarded) == 6  # one guard per op call, before its launches
+    assert all(t.device == G.device for t in guarded)
+
+
+def test_device_guard_leaves_cpu_and_fake_tensors_alone():
+    import contextlib
+
+    from orthokern.triton_kernels import _common
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    assert isinstance(_common.device_guard(torch.zeros(1)), contextlib.nullcontext)
+    with FakeTensorMode():
+        fake = torch.empty(2, device="cuda:1")
+        assert isinstance(_common.device_guard(fake), contextlib.nullcontext)
+
+
+# ---------------------------------------------------------------- autotuning
+def _autotuned():
+    from orthokern.triton_kernels import gram, poly, tall_apply
+
+    return {"gram": gram._gram_kernel, "poly": poly._sym_poly_kernel, "apply": tall_apply._apply_kernel}
+
+
+def test_autotune_keys_name_every_specialisation():
+    """Every constexpr that is not a tuned block size is in the key (Triton appends the tensor dtypes itself)."""
+    import inspect
+
+    for family, kernel in _autotuned().items():
+        raw = kernel.fn.fn  # the Python function under the JITFunction (or the interpreter's wrapper)
+        params = inspect.signature(raw).parameters.values()
+        constexprs = {p.name for p in params if "constexpr" in str(p.annotation) and not p.name.startswith("BLOCK_")}
+        assert {"PRECISION", "ACC_F64"} <= constexprs
+        assert constexprs <= set(kernel.keys), (family, constexprs - set(kernel.keys))
+        assert "N_CLASS" in kernel.keys
+
+
+def test_candidates_are_few_and_fit_the_matrix():
+    import triton
+    from orthokern.triton_kernels import _configs
+
+    for family, table in _configs.TABLES.items():
+        assert set(table) == set(_configs.CLASSES), family
+        for cls in table:
+            for n in (1, 15, 16, 17, 33, 64, 65, 100, 128, 200, 256, 257, 512, 1000, 5000):
+                cands = _configs.table_candidates(family, cls, n)
+                assert 1 <= len(cands) <= 2, (family, cls, n)
+                assert len(cands) == 1 or n > 256, (family, cls, n)  # two only for the largest class
+                for c in cands:
+                    assert c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(n)), (family, cls, n, c)
+                    assert c.kwargs["BLOCK_K"] <= max(16, triton.next_power_of_2(n)) or family == "gram"
+                    if family == "gram":  # choose_splits counts 64-wide tiles
+                        assert c.kwargs["BLOCK_N"] <= 64
+
+
+def test_tune_key_is_the_key_triton_computes(tk, monkeypatch):
+    """tune_key(call) against the key Triton's Autotuner.run builds for the same launch (given two configs, so that
+    it computes one; the prune hook keeps the interpreter's one, so nothing is benchmarked)."""
+    from orthokern.triton_kernels import _common, _configs, gram, poly, tall_apply
+
+    G = _mat(2, 40, 20, seed=43)
+    scale = torch.tensor([0.5, 2.0], device=DEVICE)
+    A = tk.sym_gram(G)
+    plans = {
+        "gram": gram.plan(G, scale, torch.empty(2, 20, 20, device=DEVICE), False, 2, "tf32x3"),
+        "poly": poly.plan(A, torch.empty_like(A), 0.5, 1.5, "ieee"),
+        "apply": tall_apply.plan(G, A.double(), scale, torch.empty(2, 40, 20, device=DEVICE), 0.5, 1.0, "tf32"),
+    }
+    for family, kernel in _autotuned().items():
+        cfg = _configs.INTERPRETER[family] if INTERPRET else _configs.all_configs(family)[0]
+        monkeypatch.setattr(kernel, "configs", [cfg, cfg])
+        monkeypatch.setattr(kernel, "cache", {})
+        # do_bench is a cached_property that asks the driver (there is none under the interpreter)
+        monkeypatch.setitem(kernel.__dict__, "do_bench", lambda fn, quantiles=None: [1.0, 1.0, 1.0])
+        call = plans[family][0]
+        _common.run_all([call], G)
+        key, n = _configs.tune_key(call, gpu=not INTERPRET)
+        assert list(kernel.cache) == [key], (family, list(kernel.cache), key)
+        assert n == (1 if INTERPRET else len(_configs.candidates(family, call.args, call.meta)))
+        assert all(str(call.meta[k]) in map(str, key) for k in call.meta)
+
+
+def test_a_resnet50_step_compiles_about_twenty_configs():
+    """The issue's budget: a first ResNet-50 optimiser step compiles at most ~20 configs (counted over the keys that
+    the auto dispatch's Triton path hits, as on an H100)."""
+    import importlib.util
+    import pathlib
+
+    from orthokern.bench.suites import RESNET50_SHAPES
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "check_triton_configs.py"
+    spec = importlib.util.spec_from_file_location("check_triton_configs", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for mode, budget in (("accurate", 22), ("fast", 20)):
+        r = mod.first_step_compiles(RESNET50_SHAPES, mode)
+        assert r["configs"] <= budget, (mode, r["configs"], r["keys"])
+        assert all(1 <= v <= 2 for v in r["keys"].values())
+
+
+# ---------------------------------------------------------------- cost models
+def _cost(name, *args):
+    from orthokern.triton_kernels import assume_sm_count
+
+    from orthokern import _cost
+
+    with assume_sm_count(132):
+        return _cost.COSTS[f"orthokern.{name}.default"](args, {}, None)
+
+
+def test_cost_models_by_hand(tk):
+    meta = lambda *s, dtype=torch.float32: torch.empty(s, dtype=dtype, device="meta")  # noqa: E731
+    G = meta(2, 100, 20)
+    # fp64-accumulating Gram, one split: the f64 table's tile at n class 32 is 32 wide, one tile per matrix.
+    (L,) = _cost("triton_sym_gram", G, None, True, torch.float64, 1, "tf32x3")
+    assert L.kernel == "triton_kernels.gram._gram_kernel" and L.flops == {"fp64_tc": 2 * 2 * 100 * 32 * 32}
+    assert L.bytes == 2 * 100 * 20 * 4 + 2 * 20 * 20 * 8 and L.tune[1] == 1
+    # three splits: partial triangles (210 values of 8 bytes per split) and the reduction, its own launch
+    g, r = _cost("triton_sym_gram", G, None, True, torch.float64, 3, "tf32x3")
+    assert g.bytes == 2 * 100 * 20 * 4 + 2 * 3 * 210 * 8 and "PARTIAL" not in g.tune[0]
+    assert r.kernel.endswith("_reduce_splits_kernel") and r.flops == {} and r.tune is None
+    assert r.bytes == 2 * (3 * 210 * 8 + 400 * 4 * 2)
+    # the unit follows the precision of float32 dots; bf16x3 is three bfloat16 passes
+    units = {p: _cost("triton_sym_gram", G, None, False, torch.float32, 1, p)[0].flops for p in
+             ("ieee", "tf32", "tf32x3", "bf16x3")}
+    n_flops = 2 * 2 * 100 * 32 * 32
+    assert units == {"ieee": {"fma32": n_flops}, "tf32": {"tf32": n_flops}, "tf32x3": {"tf32x3": n_flops},
+                     "bf16x3": {"tc16": 3 * n_flops}}
+    assert _cost("triton_sym_gram", meta(2, 100, 20, dtype=torch.bfloat16), None, False, torch.float32, 1,
+                 "tf32x3")[0].flops == {"tc16": n_flops * 2 * 2 / 2 / 2}  # 16-bit operands: tc16, same tiles
+    # sym_poly (3, 40, 40) float32 tf32x3: n class 64 -> one 64 x 64 tile; read A, write C
+    (L,) = _cost("triton_sym_poly", meta(3, 40, 40), -4.7, 2.0, "tf32x3")
+    assert L.flops == {"tf32x3": 2 * 3 * 40 * 64 * 64} and L.bytes == 2 * 3 * 40 * 40 * 4 and L.tune[1] == 1
+    # apply: bf16 G, fp64 Mat, scale, bf16 out -> float64 tensor cores; G and out once, Mat once, the scale
+    (L,) = _cost("triton_apply", meta(2, 50, 24, dtype=torch.bfloat16), meta(2, 24, 24, dtype=torch.float64),
+                 meta(2), 0.0, 1.0, torch.bfloat16, "tf32x3")
+    assert L.flops == {"fp64_tc": 2 * 2 * 50 * 24 * 24}
+    assert L.bytes == 2 * (50 * 24 * (2 + 2) + 24 * 24 * 8 + 4)
+    assert "True, False, True" in L.tune[0]  # HAS_SCALE, no residual, ACC_F64
+
+
+def test_cost_model_needs_a_device_model_for_fake_tensors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from orthokern import _cost
+
+    with FakeTensorMode():
+        G = torch.empty(2, 4096, 64, device="cuda")
+        with pytest.raises(RuntimeError, match="assume_sm_count"):
+            _cost.COSTS["orthokern.triton_sym_gram.default"]((G, None, True, torch.float64, 0, "tf32x3"), {}, None)
+        (g, r) = _cost_under(G)
+    assert g.tune is not None and r.kernel.endswith("_reduce_splits_kernel")  # 2 x 1 tile on 132 SMs: split
+
+
+def _cost_under(G):
+    from orthokern.triton_kernels import assume_sm_count
+
+    from orthokern import _cost
+
+    with assume_sm_count(132):
+        return _cost.COSTS["orthokern.triton_sym_gram.default"]((G, None, True, torch.float64, 0, "tf32x3"), {}, None)

@@ -6,6 +6,10 @@
   Newton–Schulz step);
 * :func:`ns_step` — one fused Newton–Schulz step X <- a X + X (b A + c A^2), A = X^T X (tall orientation).
 
+Every function takes ``precision``, the precision of its float32 dots (:data:`PRECISIONS`; default "tf32x3",
+float32 accuracy on the tensor cores). :func:`assume_sm_count` sets the device model where there is no GPU to
+ask (the dry-run plan on fake tensors).
+
 Importing this package never fails: without Triton, ``AVAILABLE`` is False and ``IMPORT_ERROR`` says why.
 """
 try:
@@ -16,9 +20,11 @@ except ImportError as e:  # pragma: no cover - exercised only where Triton is ab
 else:
     AVAILABLE = True
     IMPORT_ERROR = None
-    from .tall_apply import apply
+    from ._common import ACCURATE, PRECISIONS, assume_sm_count
     from .gram import choose_splits, sym_gram
     from .newton_schulz import ns_step
     from .poly import sym_poly
+    from .tall_apply import apply
 
-    __all__ = ["apply", "sym_gram", "sym_poly", "ns_step", "choose_splits"]
+    __all__ = ["apply", "sym_gram", "sym_poly", "ns_step", "choose_splits", "assume_sm_count", "PRECISIONS",
+               "ACCURATE"]

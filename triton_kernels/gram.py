@@ -7,42 +7,32 @@ number of tiles would leave most SMs idle) every split writes its partial tile t
 buffer and a second kernel sums the splits in a fixed order: no atomics, so the result is bitwise
 reproducible run to run (for a given autotuned config: a different BLOCK_K changes the summation order).
 
-Precision: bf16/fp16 operands go to the tensor cores with fp32 accumulation; fp32 operands use full fp32
-products (``input_precision="ieee"``) unless ``allow_tf32``; ``acc_f64`` upcasts every operand to fp64 in
-registers and accumulates in fp64 (products of fp32 values are exact in fp64), as the accurate mode of
-gram_eigh needs: an fp32 Gram carries an error eps32 * ||G||^2, larger than the smallest significant
-eigenvalue's gaps at condition ~1e3.
+Precision: bf16/fp16 operands go to the tensor cores with fp32 accumulation; fp32 operands take ``precision``
+(``_common.PRECISIONS``: "tf32x3" keeps about float32 accuracy on the tensor cores, "ieee" is CUDA-core FMA);
+``acc_f64`` upcasts every operand to fp64 in registers and accumulates in fp64 on the float64 tensor cores
+(products of fp32 values are exact in fp64), as the accurate mode of gram_eigh needs: an fp32 Gram carries an
+error eps32 * ||G||^2, larger than the smallest significant eigenvalue's gaps at condition ~1e3.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from . import _configs
-from . import _common
-from ._common import DTYPE_KEY, bucket, dot_precision, sm_count
+from . import _common, _configs
+from ._common import KernelCall, check_dtype, check_precision, dot_precision, dot_unit, element_size, sm_count
 from ._symmetric import store_symmetric
 
 
-def _make(f64: bool):
-    # The fp64-accumulating variant has its own (smaller) tiles, hence its own autotuner over the same body
-    # (as poly.py and tall_apply.py do).
-    @triton.autotune(
-        configs=_configs.gram_configs(f64=f64),
-        key=["N_BUCKET", "M_BUCKET", "SPLITS", "IN_DTYPE_KEY"],
-        prune_configs_by={"early_config_prune": _configs.prune_by_n},
-    )
-    @triton.jit
-    def _gram_kernel(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, N_BUCKET, M_BUCKET, IN_DTYPE_KEY,
-                     HAS_SCALE: tl.constexpr, ACC_F64: tl.constexpr, PRECISION: tl.constexpr,
-                     PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, HAS_SCALE, ACC_F64, PRECISION,
-                   PARTIAL, BLOCK_N, BLOCK_K)
-
-    return _gram_kernel
+@_configs.autotune("gram", key=["N_CLASS", "HAS_SCALE", "ACC_F64", "PRECISION", "PARTIAL"])
+@triton.jit
+def _gram_kernel(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, N_CLASS,
+                 HAS_SCALE: tl.constexpr, ACC_F64: tl.constexpr, PRECISION: tl.constexpr,
+                 PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, HAS_SCALE, ACC_F64, PRECISION,
+               PARTIAL, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -107,13 +97,8 @@ def _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS,
             store_symmetric(OUT + b.to(tl.int64) * N * N, N, ri, rj, acc)
 
 
-_gram_kernel = _make(False)
-_gram_kernel_f64 = _make(True)
-
-
-@triton.autotune(configs=_configs.reduce_configs(), key=["N_BUCKET", "SPLITS"])
 @triton.jit
-def _reduce_splits_kernel(P, OUT, N, SPLITS, N_BUCKET, BLOCK_N: tl.constexpr):
+def _reduce_splits_kernel(P, OUT, N, SPLITS, BLOCK_N: tl.constexpr):
     pid_t = tl.program_id(0)
     b = tl.program_id(1)
     nb = tl.cdiv(N, BLOCK_N)
@@ -136,15 +121,12 @@ def _reduce_splits_kernel(P, OUT, N, SPLITS, N_BUCKET, BLOCK_N: tl.constexpr):
         store_symmetric(OUT + b.to(tl.int64) * nn, N, ri, rj, acc)
 
 
-
-
-def choose_splits(B: int, m: int, n: int, device: torch.device) -> int:
+def choose_splits(B: int, m: int, n: int, sms: int) -> int:
     """Row splits when the tiles alone leave SMs idle (about two programs per SM then); else 1.
 
     Splitting costs a (B, splits, n, n) round trip through memory, so a batch that already gives every SM a
     tile (256 x 576 x 64: 256 tiles on 132 SMs) is not split.
     """
-    sms = sm_count(device)
     tiles = B * (-(-n // 64)) * (-(-n // 64) + 1) // 2
     if tiles >= sms:
         return 1
@@ -153,52 +135,84 @@ def choose_splits(B: int, m: int, n: int, device: torch.device) -> int:
     return int(max(1, min(want, m // 256, 64)))
 
 
-def sym_gram(G: torch.Tensor, *, scale: Optional[torch.Tensor] = None, acc_f64: bool = False,
-             out_dtype: Optional[torch.dtype] = None, splits: int = 0, allow_tf32: bool = False,
-             launch=None) -> torch.Tensor:
-    """A = (s G)^T (s G) for G (B, m, n) (any strides), s = ``scale`` (B,) powers of two or None.
-
-    ``out_dtype`` defaults to fp64 with ``acc_f64`` else fp32. ``splits=0`` chooses the split-K factor.
-    ``launch`` maps a kernel to its launcher (``wrap_triton`` inside a triton_op; identity by default).
-    """
+def _check(G: torch.Tensor, scale: Optional[torch.Tensor], splits: int, precision: str) -> None:
     if G.dim() != 3:
         raise ValueError(f"sym_gram: G must be (B, m, n), got shape {tuple(G.shape)}")
-    if G.dtype not in DTYPE_KEY:
-        raise TypeError(f"sym_gram: G must be float64/float32/bfloat16/float16, got {G.dtype}")
-    if G.dtype == torch.float64 and not acc_f64:
-        acc_f64 = True  # float64 input accumulates in float64 whatever is asked: nothing to gain below it
-    launch = launch or (lambda k: k)
+    check_dtype("sym_gram", "G", G)
+    check_precision("sym_gram", precision)
+    if scale is not None and tuple(scale.shape) != (G.shape[0],):
+        raise ValueError(f"sym_gram: scale must have shape ({G.shape[0]},), got {tuple(scale.shape)}")
+    if int(splits) < 0:
+        raise ValueError(f"sym_gram: splits must be >= 0 (0: chosen from the shape), got {splits}")
+
+
+def plan(G: torch.Tensor, scale: Optional[torch.Tensor], out: torch.Tensor, acc_f64: bool, splits: int,
+         precision: str, *, allocate: bool = True) -> list[KernelCall]:
+    """The launches that compute ``out`` = (s G)^T (s G) (arguments as checked by :func:`sym_gram`): a Gram launch
+    per batch slice, each followed by its split reduction when split. ``scale`` is (B,) or None: float64 for float64
+    input, else float32.
+    ``allocate=False`` (a cost model) describes the split buffer by a meta tensor instead of allocating it."""
     B, m, n = G.shape
+    if B == 0 or n == 0 or m == 0:
+        return []
+    acc_f64 = acc_f64 or G.dtype == torch.float64
     acc_dtype = torch.float64 if acc_f64 else torch.float32
-    out_dtype = out_dtype or acc_dtype
-    out = torch.empty((B, n, n), dtype=out_dtype, device=G.device)
-    if B == 0 or n == 0:
-        return out
-    if m == 0:
-        return out.zero_()
-    if scale is not None:
-        if scale.shape != (B,):
-            raise ValueError(f"sym_gram: scale must have shape ({B},), got {tuple(scale.shape)}")
-        # float64 input takes a float64 scale (2^-e may be far outside float32's range); the others float32.
-        scale = scale.to(torch.float64 if G.dtype == torch.float64 else torch.float32).contiguous()
-    splits = int(splits) if splits else choose_splits(B, m, n, G.device)
-    if splits < 1:
-        raise ValueError(f"sym_gram: splits must be >= 0, got {splits}")
-    kernel = _gram_kernel_f64 if acc_f64 else _gram_kernel
-    precision = dot_precision(G.dtype, allow_tf32) if not acc_f64 else "ieee"
+    splits = int(splits) if splits else choose_splits(B, m, n, sm_count(G))
     partial = splits > 1
+    dot_dtype = torch.float64 if acc_f64 else G.dtype
+    prec = dot_precision(dot_dtype, precision)
+    unit, passes = dot_unit(dot_dtype, prec)
+    calls = []
     for b0, b1 in _common.batch_chunks(B):
         nbat = b1 - b0
         outc = _common.rows(out, b0, b1)
-        sc = _common.rows(scale, b0, b1) if scale is not None else G  # unused without HAS_SCALE
-        target = torch.empty((nbat, splits, n, n), dtype=acc_dtype, device=G.device) if partial else outc
-        grid = lambda META, nbat=nbat: (triton.cdiv(n, META["BLOCK_N"]) ** 2, splits, nbat)  # noqa: E731
-        launch(kernel)[grid](
-            _common.rows(G, b0, b1), sc, target, m, n, G.stride(0), G.stride(1), G.stride(2), splits,
-            bucket(n), bucket(m), DTYPE_KEY[G.dtype],
-            HAS_SCALE=scale is not None, ACC_F64=acc_f64, PRECISION=precision, PARTIAL=partial,
-        )
         if partial:
-            rgrid = lambda META, nbat=nbat: (triton.cdiv(n, META["BLOCK_N"]) ** 2, nbat)  # noqa: E731
-            launch(_reduce_splits_kernel)[rgrid](target, outc, n, splits, bucket(n))
+            shape = (nbat, splits, n, n)
+            target = G.new_empty(shape, dtype=acc_dtype) if allocate else torch.empty(shape, dtype=acc_dtype,
+                                                                                       device="meta")
+        else:
+            target = outc
+        args = dict(G=_common.rows(G, b0, b1), SCALE=_common.rows(scale, b0, b1) if scale is not None else G,
+                    OUT=target, M=m, N=n, stride_b=G.stride(0), stride_m=G.stride(1), stride_n=G.stride(2),
+                    SPLITS=splits, N_CLASS=_common.n_class(n))
+        meta = dict(HAS_SCALE=scale is not None, ACC_F64=acc_f64, PRECISION=prec, PARTIAL=partial)
+        # FLOPs of the upper-triangle tiles at the first candidate's BLOCK_N (ragged last row block not counted).
+        bn = _configs.candidates("gram", args, meta, gpu=True)[0].kwargs["BLOCK_N"]
+        nb = triton.cdiv(n, bn)
+        tri = n * (n + 1) // 2
+        io = nbat * (m * n * element_size(G.dtype) + (4 if scale is not None else 0))
+        io += nbat * (splits * tri * element_size(acc_dtype) if partial else n * n * element_size(out.dtype))
+        calls.append(KernelCall(
+            _gram_kernel, "gram._gram_kernel", args, meta,
+            grid=lambda META, nbat=nbat: (triton.cdiv(n, META["BLOCK_N"]) ** 2, splits, nbat),
+            flops={unit: passes * 2.0 * nbat * m * bn * bn * nb * (nb + 1) // 2}, bytes=float(io)))
+        if partial:
+            calls.append(KernelCall(
+                _reduce_splits_kernel, "gram._reduce_splits_kernel",
+                dict(P=target, OUT=outc, N=n, SPLITS=splits),
+                dict(BLOCK_N=_configs.REDUCE_BLOCK_N, num_warps=_configs.REDUCE_WARPS),
+                grid=lambda META, nbat=nbat: (triton.cdiv(n, META["BLOCK_N"]) ** 2, nbat),
+                bytes=float(nbat * (splits * tri * element_size(acc_dtype) + n * n * element_size(out.dtype)))))
+    return calls
+
+
+def sym_gram(G: torch.Tensor, *, scale: Optional[torch.Tensor] = None, acc_f64: bool = False,
+             out_dtype: Optional[torch.dtype] = None, splits: int = 0, precision: str = _common.ACCURATE,
+             launch: Optional[Callable] = None) -> torch.Tensor:
+    """A = (s G)^T (s G) for G (B, m, n) (any strides), s = ``scale`` (B,) powers of two or None.
+
+    ``out_dtype`` defaults to fp64 with ``acc_f64`` (always taken for float64 G) else fp32. ``splits=0`` chooses
+    the split-K factor. ``precision``: of float32 dots (``_common.PRECISIONS``). ``launch`` maps a kernel to its
+    launcher (``wrap_triton`` inside a triton_op; identity by default).
+    """
+    _check(G, scale, splits, precision)
+    acc_f64 = acc_f64 or G.dtype == torch.float64  # nothing to gain from accumulating float64 input below it
+    out = G.new_empty((G.shape[0], G.shape[2], G.shape[2]), dtype=out_dtype or (torch.float64 if acc_f64 else
+                                                                                 torch.float32))
+    if G.shape[1] == 0:
+        return out.zero_()
+    if scale is not None:
+        # float64 input takes a float64 scale (2^-e may be far outside float32's range); the others float32.
+        scale = scale.to(torch.float64 if G.dtype == torch.float64 else torch.float32).contiguous()
+    _common.run_all(plan(G, scale, out, acc_f64, splits, precision), G, launch)
     return out

@@ -14,18 +14,21 @@ from typing import Optional
 import torch
 
 from . import torch_ops  # noqa: F401  (registers torch.ops.orthokern.triton_*)
+from ._common import ACCURATE, check_precision
 
 
 def ns_step(X: torch.Tensor, a: float, b: float, c: float, *, out_dtype: Optional[torch.dtype] = None,
-            allow_tf32: bool = False) -> torch.Tensor:
-    """The step in X's dtype (bf16/fp16: tensor cores, fp32 accumulation; fp32: full fp32; fp64: fp64).
+            precision: str = ACCURATE) -> torch.Tensor:
+    """The step in X's dtype (bf16/fp16: tensor cores, fp32 accumulation; fp32: dots at ``precision``, by
+    default "tf32x3", float32 accuracy on the tensor cores; fp64: fp64).
 
     The products A and b A + c A^2 are stored in X's dtype, as a torch step in that dtype would; the result
     is stored in ``out_dtype`` (default X's), rounded once from the accumulator.
     """
+    check_precision("ns_step", precision)
     ops = torch.ops.orthokern
-    A = ops.triton_sym_gram(X, None, X.dtype == torch.float64, X.dtype, 0, allow_tf32)
+    A = ops.triton_sym_gram(X, None, X.dtype == torch.float64, X.dtype, 0, precision)
     out_dtype = out_dtype or X.dtype
     if c != 0.0:
-        return ops.triton_apply(X, ops.triton_sym_poly(A, b, c, allow_tf32), None, a, 1.0, out_dtype, allow_tf32)
-    return ops.triton_apply(X, A, None, a, b, out_dtype, allow_tf32)
+        return ops.triton_apply(X, ops.triton_sym_poly(A, b, c, precision), None, a, 1.0, out_dtype, precision)
+    return ops.triton_apply(X, A, None, a, b, out_dtype, precision)

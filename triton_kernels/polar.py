@@ -25,6 +25,7 @@ import torch
 from .. import ns_schedule as ns
 from ..reference.newton_schulz import low_precision_dtype
 from ..reference.scaling import compute_dtype, per_matrix, scale_and_finite, significant
+from ._common import ACCURATE  # the precision of float32 dots: float32 accuracy on tensor cores
 from .newton_schulz import ns_step
 
 # The kernels index within one matrix in int32 (the batch offset is int64).
@@ -49,9 +50,9 @@ def scaled_gram64(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     float64, a power of two."""
     if G.dtype == torch.float64:
         scale, finite = scale_and_finite(G)
-        A = _ops().triton_sym_gram(G, scale, True, torch.float64, 0, False)
+        A = _ops().triton_sym_gram(G, scale, True, torch.float64, 0, ACCURATE)
     else:
-        A = _ops().triton_sym_gram(G, None, True, torch.float64, 0, False)
+        A = _ops().triton_sym_gram(G, None, True, torch.float64, 0, ACCURATE)
         trace = torch.diagonal(A, dim1=-2, dim2=-1).sum(-1)
         finite = torch.isfinite(trace)
         e = torch.frexp(torch.where(finite, trace, 0.0).sqrt())[1]
@@ -79,7 +80,7 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
     lo, hi = torch.finfo(work).tiny, torch.finfo(work).max / 2
     s1 = scale.clamp(lo, hi)
     M = _nan_where_not(finite, M * per_matrix(scale / s1)).to(work)
-    return _ops().triton_apply(G, M, s1.to(work), 0.0, 1.0, G.dtype, False)
+    return _ops().triton_apply(G, M, s1.to(work), 0.0, 1.0, G.dtype, ACCURATE)
 
 
 def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float, side: str = "tall",
@@ -105,7 +106,7 @@ def _newton_schulz_gram_side(G: torch.Tensor, mode: str, rcond: float, factor: F
     A, finite, scale = scaled_gram64(G)
     steps = ns.steps_for(mode, rcond, G.shape[-1], compute_dtype(G.dtype))
     Q = _nan_where_not(finite, factor(A, steps))
-    return _ops().triton_apply(G, Q, scale, 0.0, 1.0, G.dtype, False)
+    return _ops().triton_apply(G, Q, scale, 0.0, 1.0, G.dtype, ACCURATE)
 
 
 def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tensor:
@@ -125,14 +126,14 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tenso
 
     # Step 0's Gram in the compute dtype (its normalisation needs the weak directions' scale, not bfloat16's), then
     # P_0 on the n x n side.
-    A = ops.triton_sym_gram(G, scale, high == torch.float64, high, 0, False)
-    A2 = ops.triton_sym_poly(A, 0.0, 1.0, False)
+    A = ops.triton_sym_gram(G, scale, high == torch.float64, high, 0, ACCURATE)
+    A2 = ops.triton_sym_poly(A, 0.0, 1.0, ACCURATE)
     t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
     t = per_matrix(torch.where(t > 0, t, torch.ones_like(t)))
     s0 = steps[0]
     P0 = (s0.b / t**2) * A + (s0.c / t**4) * A2
     P0.diagonal(dim1=-2, dim2=-1).add_(s0.a)
-    X = ops.triton_apply(G, (P0 / t).to(dts[0]), scale, 0.0, 1.0, dts[1], False)
+    X = ops.triton_apply(G, (P0 / t).to(dts[0]), scale, 0.0, 1.0, dts[1], ACCURATE)
     for i in range(1, len(steps)):
         step = steps[i]
         X = ns_step(X, step.a, step.b, step.c, out_dtype=dts[i + 1])

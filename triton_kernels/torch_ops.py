@@ -1,4 +1,5 @@
-"""The kernels as torch ops ``torch.ops.orthokern.triton_*`` (torch.library.triton_op), visible to torch.compile.
+"""The kernels as torch ops ``torch.ops.orthokern.triton_*`` (torch.library.triton_op), visible to torch.compile,
+each with its cost model for the dry-run plan (``orthokern/_cost.py``).
 
 On a GPU they are ``triton_op``s whose bodies launch through ``wrap_triton``: torch.compile traces into the
 kernels, and the body itself (make_fx-traceable) serves as the fake implementation. Under
@@ -6,6 +7,12 @@ kernels, and the body itself (make_fx-traceable) serves as the fake implementati
 152868) and tracing the body would hand fake tensors to the interpreter, so there the ops are plain opaque
 ``custom_op``s that launch the kernels directly, with the fake implementations below (output allocation
 only). Eager results are the same either way.
+
+``precision`` (every op): the precision of float32-operand dots, one of ``_common.PRECISIONS``.
+
+Cost models: ``model(args, kwargs, out)`` gives the launches the op makes for these (possibly fake) arguments,
+from the same :class:`~._common.KernelCall` plan the op runs (``plan`` in gram.py, poly.py, tall_apply.py). The
+split-K choice needs the device's SM count: under fake tensors set it with ``assume_sm_count``.
 """
 from __future__ import annotations
 
@@ -14,11 +21,13 @@ from typing import Optional
 import torch
 from torch.library import custom_op, triton_op, wrap_triton
 
-from . import tall_apply as _apply
+from .._cost import Launch, register_cost
+from .._env import interpreting
+from . import _configs
 from . import gram as _gram
 from . import poly as _poly
-from .._env import interpreting
-
+from . import tall_apply as _apply
+from ._common import KernelCall
 
 _INTERPRET = interpreting()
 
@@ -40,40 +49,91 @@ def _fake(op):
     return lambda fn: fn
 
 
+def _meta(shape, dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def launches(calls: list[KernelCall]) -> list[Launch]:
+    """The cost-model records of a plan: kernel name, FLOPs by unit, compulsory bytes, autotune (key, configs)
+    as on a GPU (the interpreter's single config is not what a GPU compiles)."""
+    out = []
+    for c in calls:
+        tk = _configs.tune_key(c, gpu=True)
+        tune = (f"{c.name}{tk[0]}", tk[1]) if tk is not None else None
+        out.append(Launch(f"triton_kernels.{c.name}", dict(c.flops), c.bytes, tune, _compiled(c)))
+    return out
+
+
+def _compiled(c: KernelCall) -> tuple[str, ...]:
+    """Identities of the binaries the launch compiles: its specialisation (constexprs, argument dtypes) with each
+    candidate config it may run (the autotuner compiles every candidate the prune hook keeps)."""
+    spec = (c.name, tuple(sorted(c.meta.items())), tuple(str(v.dtype) for v in c.args.values() if hasattr(v, "dtype")))
+    family = _configs.family_of(c.kernel)
+    if family is None:
+        return (repr(spec),)
+    return tuple(repr((spec, sorted(cfg.kwargs.items()), cfg.num_warps, cfg.num_stages))
+                 for cfg in _configs.candidates(family, c.args, c.meta, gpu=True))
+
+
+# ---------------------------------------------------------------- triton_sym_gram
 @_op("orthokern::triton_sym_gram")
 def sym_gram(G: torch.Tensor, scale: Optional[torch.Tensor], acc_f64: bool, out_dtype: torch.dtype,
-             splits: int, allow_tf32: bool) -> torch.Tensor:
+             splits: int, precision: str) -> torch.Tensor:
     return _gram.sym_gram(G, scale=scale, acc_f64=acc_f64, out_dtype=out_dtype, splits=splits,
-                          allow_tf32=allow_tf32, launch=_launcher())
+                          precision=precision, launch=_launcher())
 
 
 @_fake(sym_gram)
-def _(G, scale, acc_f64, out_dtype, splits, allow_tf32):
+def _(G, scale, acc_f64, out_dtype, splits, precision):
     torch._check(G.dim() == 3, lambda: f"triton_sym_gram: G must be (B, m, n), got {G.dim()} dims")
     return G.new_empty((G.shape[0], G.shape[2], G.shape[2]), dtype=out_dtype)
 
 
+@register_cost("orthokern.triton_sym_gram.default")
+def sym_gram_cost(args, kwargs, out) -> list[Launch]:
+    G, scale, acc_f64, out_dtype, splits, precision = args
+    B, m, n = G.shape
+    sc = _meta((B,), torch.float32) if scale is not None else None
+    return launches(_gram.plan(G, sc, _meta((B, n, n), out_dtype), acc_f64, splits, precision, allocate=False))
+
+
+# ---------------------------------------------------------------- triton_sym_poly
 @_op("orthokern::triton_sym_poly")
-def sym_poly(A: torch.Tensor, b: float, c: float, allow_tf32: bool) -> torch.Tensor:
-    return _poly.sym_poly(A, b, c, allow_tf32=allow_tf32, launch=_launcher())
+def sym_poly(A: torch.Tensor, b: float, c: float, precision: str) -> torch.Tensor:
+    return _poly.sym_poly(A, b, c, precision=precision, launch=_launcher())
 
 
 @_fake(sym_poly)
-def _(A, b, c, allow_tf32):
+def _(A, b, c, precision):
     torch._check(A.dim() == 3 and A.shape[1] == A.shape[2], lambda: "triton_sym_poly: A must be (B, n, n)")
     return torch.empty_like(A, memory_format=torch.contiguous_format)
 
 
+@register_cost("orthokern.triton_sym_poly.default")
+def sym_poly_cost(args, kwargs, out) -> list[Launch]:
+    A, b, c, precision = args
+    return launches(_poly.plan(_meta(A.shape, A.dtype), _meta(A.shape, A.dtype), b, c, precision))
+
+
+# ---------------------------------------------------------------- triton_apply
 @_op("orthokern::triton_apply")
 def apply(G: torch.Tensor, Mat: torch.Tensor, scale: Optional[torch.Tensor], alpha: float, beta: float,
-          out_dtype: torch.dtype, allow_tf32: bool) -> torch.Tensor:
-    return _apply.apply(G, Mat, scale=scale, alpha=alpha, beta=beta, out_dtype=out_dtype, allow_tf32=allow_tf32,
+          out_dtype: torch.dtype, precision: str) -> torch.Tensor:
+    return _apply.apply(G, Mat, scale=scale, alpha=alpha, beta=beta, out_dtype=out_dtype, precision=precision,
                         launch=_launcher())
 
 
 @_fake(apply)
-def _(G, Mat, scale, alpha, beta, out_dtype, allow_tf32):
+def _(G, Mat, scale, alpha, beta, out_dtype, precision):
     torch._check(G.dim() == 3, lambda: "triton_apply: G must be (B, m, n)")
     torch._check(Mat.shape == (G.shape[0], G.shape[2], G.shape[2]), lambda: "triton_apply: Mat must be (B, n, n)")
     return G.new_empty(G.shape, dtype=out_dtype)
 
+
+@register_cost("orthokern.triton_apply.default")
+def apply_cost(args, kwargs, out) -> list[Launch]:
+    G, Mat, scale, alpha, beta, out_dtype, precision = args
+    B, m, n = G.shape
+    sc = _meta((B,), torch.float32) if scale is not None else None
+    return launches(_apply.plan(G, _meta(Mat.shape, Mat.dtype), sc, _meta(G.shape, out_dtype), alpha, beta,
+                                precision))

@@ -179,15 +179,11 @@ GPU_ENV = _env.Env(extension=None, cuda_ops=None, triton=None, interpret=False, 
 
 @contextlib.contextmanager
 def _device_model(device: _cost.DeviceModel):
-    """Kernel launchers that ask the GPU for its SM count get the model's instead (there is no GPU here)."""
+    """Kernel launchers that size their grids by the GPU's SM count get the model's (there is no GPU here)."""
     dispatch.triton_polar()  # loads orthokern.triton_kernels
     common = importlib.import_module("orthokern.triton_kernels._common")
-    saved = common._sm_count
-    common._sm_count = lambda index: device.sms
-    try:
+    with common.assume_sm_count(device.sms):
         yield
-    finally:
-        common._sm_count = saved
 
 
 def record(case: Case, mode: str, device: _cost.DeviceModel, rcond: float = 1e-3) -> tuple[Recorder, list[str]]:
@@ -235,6 +231,7 @@ def summarise(case: Case, mode: str, device: _cost.DeviceModel, rec: Recorder, m
         for u, f in x.flops.items():
             flops[u] += f
     tune_keys = {x.tune[0]: x.tune[1] for x in launches if x.tune}
+    compiled = {b for x in launches for b in x.compiled}
     elem = torch.empty((), dtype=case.dtype).element_size()
     io_bytes = sum(2.0 * b * m * n * elem for b, m, n in case.shapes)  # read G once, write O once
     compute_floor = sum(f / device.peak[u] for u, f in flops.items())
@@ -248,6 +245,7 @@ def summarise(case: Case, mode: str, device: _cost.DeviceModel, rec: Recorder, m
         "flops_by_unit": dict(flops), "bytes": sum(x.bytes for x in launches), "io_bytes": io_bytes,
         "host_syncs": len(rec.syncs), "eigensolver_calls": len(rec.eigensolvers), "per_matrix_eigensolver_loops":
         len(loops), "autotune_keys": len(tune_keys), "autotune_configs": sum(tune_keys.values()),
+        "kernels_compiled": len(compiled),
         "memory_floor_s": memory_floor, "compute_floor_s": compute_floor, "floor_s": max(memory_floor, compute_floor),
         "modelled_s": work + len(launches) * device.launch_s,
         "modelled_graph_s": work + len(launches) * device.graph_launch_s,
@@ -270,13 +268,13 @@ def format_plan(rows: Sequence[dict], device: _cost.DeviceModel) -> str:
            f"Floor = max(input read + output written once at {device.bandwidth / 1e12:.2f} TB/s, FLOPs at peak).",
            ""]
     head = (f"{'case':44s} {'dtype':8s} {'mode':8s} {'launches':>8s} {'syncs':>5s} {'eig loops':>9s} "
-            f"{'tune cfgs':>9s} {'floor':>10s} {'modelled':>10s} {'graph':>10s} {'x floor':>7s}  FLOPs by unit")
+            f"{'compiles':>9s} {'floor':>10s} {'modelled':>10s} {'graph':>10s} {'x floor':>7s}  FLOPs by unit")
     out.append(head)
     out.append("-" * len(head))
     for r in rows:
         units = ", ".join(f"{u} {f / 1e9:.2f} G" for u, f in sorted(r["flops_by_unit"].items()) if f)
         out.append(f"{r['case'][:44]:44s} {r['dtype']:8s} {r['mode']:8s} {r['launches']:8d} {r['host_syncs']:5d} "
-                   f"{r['per_matrix_eigensolver_loops']:9d} {r['autotune_configs']:9d} {_fmt_s(r['floor_s']):>10s} "
+                   f"{r['per_matrix_eigensolver_loops']:9d} {r['kernels_compiled']:9d} {_fmt_s(r['floor_s']):>10s} "
                    f"{_fmt_s(r['modelled_s']):>10s} {_fmt_s(r['modelled_graph_s']):>10s} "
                    f"{r['modelled_graph_s'] / r['memory_floor_s']:7.1f}  {units}")
         if r["share_of_resnet50_train_step"] is not None:
