@@ -175,6 +175,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float64"))
     p.add_argument("--rounds", type=int, default=5, help="timed steps after one warm-up step (default 5)")
     p.add_argument("--json", default=None, help="write the rows and the environment here")
+    p.add_argument("--results-md", default=None, help="also write the table into this RESULTS.md (its section only)")
     args = p.parse_args(argv)
     args.worlds = [int(w) for w in args.worlds.split(",")]
     if any(w < 1 for w in args.worlds) or args.rounds < 1:
@@ -196,6 +197,18 @@ def main(argv=None) -> list[dict]:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "config": vars(args), "rows": rows}, f, indent=1)
+    if args.results_md:
+        from orthokern.bench.report import _section, update_results_md
+
+        body = "\n".join([
+            "## Distributed orthogonalisation (CPU, gloo)", "",
+            f"- date: {env['date']}; torch {env['torch']}, Python {env['python']}; {env['cpus']} CPUs, one torch "
+            f"thread per rank, load average {env['load_average_at_start']:.1f} -> {env['load_average_at_end']:.1f}",
+            f"- command: `python bench/{env['command']}`",
+            f"- {args.suite} weight gradients, {args.dtype}, method={args.method}; medians of {args.rounds} steps",
+            "", "```", table(rows), "```"])
+        update_results_md(args.results_md, _section("distributed-cpu", body))
+        print(f"updated {args.results_md}")
     return rows
 
 

@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or float64")
     p.add_argument("--device", default="h100", choices=sorted(_cost.DEVICES), help="device model (spec-sheet rates)")
     p.add_argument("--json", default=None, help="also write the plan as JSON to this path")
+    p.add_argument("--results-md", default=None, help="also write the plan into this RESULTS.md (its section only)")
     return p
 
 
@@ -321,7 +322,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_plan(rows, device))
+    text = format_plan(rows, device)
+    print(text)
+    if args.results_md:
+        import datetime
+
+        from .report import _section, update_results_md
+
+        body = "\n".join([
+            f"## Dry-run plan of the GPU path: {device.name}", "",
+            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}; torch {torch.__version__}, orthokern "
+            f"{importlib.import_module('orthokern').__version__}",
+            f"- command: `python -m orthokern.bench plan {' '.join(argv if argv is not None else sys.argv[1:])}`",
+            "- nothing in this section was measured: it is the dispatch's own ops costed by the model in "
+            "`orthokern/_cost.py` (docs/design.md, section 6)", "", "```", text, "```"])
+        update_results_md(args.results_md, _section("plan", body))
+        print(f"updated {args.results_md}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dataclasses.asdict(device), "rows": rows}, f, indent=1)
