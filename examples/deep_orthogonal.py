@@ -162,6 +162,28 @@ def summarise(depth_runs, penalty_runs):
     return {"loss_target": LOSS_TARGET, "smoothing_steps": SMOOTH, "depth_sweep": part1, "penalties": part2}
 
 
+def markdown(report) -> str:
+    """The README's tables of a run, generated from its numbers (tests/test_readme_figures.py checks that the README
+    quotes them as generated from docs/deep_orthogonal.json)."""
+    cfg, s = report["config"], report["summary"]
+    lines = [f"Steps until the {s['smoothing_steps']}-step mean training loss falls below {s['loss_target']}, per "
+             f"seed ({cfg['steps']} steps at most):", "",
+             "| depth | Gaussian (variance 1/fan-in) | orthogonal (gain 1) |", "|---|---|---|"]
+    for depth in cfg["depths"]:
+        cells = [", ".join(str(v) if v is not None else "never" for v in s["depth_sweep"][init][str(depth)][
+            "steps_to_loss_target"]) for init in INITS]
+        lines.append(f"| {depth} | " + " | ".join(cells) + " |")
+    lines += ["", f"| depth {cfg['penalty_depth']}, orthogonal gain {cfg['gain']:g} | final training loss "
+              f"({s['smoothing_steps']}-step mean, {cfg['seeds']} seeds) | RMS singular value of the hidden layers, "
+              "start → end |", "|---|---|---|"]
+    labels = {"none": "no penalty", "soft (gain 1)": "soft penalty (gain 1)",
+              "gain-adjusted": f"gain-adjusted penalty (gain {cfg['gain']:g})"}
+    for name, e in s["penalties"].items():
+        lines.append(f"| {labels.get(name, name)} | {e['final_loss_mean']:.4f} | "
+                     f"{e['rms_singular_value_start']:.3f} → {e['rms_singular_value_end']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(depth_runs, penalty_runs, args, path):
     matplotlib = _need("matplotlib", "matplotlib")
     matplotlib.use("Agg")
@@ -280,6 +302,8 @@ def main(argv=None) -> dict:
     png_path = os.path.join(args.out, "deep_orthogonal.png")
     with open(json_path, "w") as f:
         f.write(dumps(report))
+    with open(os.path.join(args.out, "deep_orthogonal.md"), "w") as f:
+        f.write(markdown(report))
     plot(depth_runs, penalty_runs, args, png_path)
 
     s = report["summary"]

@@ -128,6 +128,21 @@ def summarise(runs):
     return out
 
 
+def markdown(report) -> str:
+    """The README's table of a run, generated from its numbers (tests/test_readme_figures.py checks that the README
+    quotes it as generated from docs/layer_rotation.json)."""
+    cfg = report["config"]
+    lines = [f"Final values after {cfg['epochs']} epochs, mean over {cfg['seeds']} seeds "
+             f"({cfg['train_size']} training / {cfg['test_size']} test images):", "",
+             "| optimiser | test accuracy | final layer rotation, layers 1 … " f"{cfg['hidden_layers'] + 1}"
+             " | min … max |", "|---|---|---|---|"]
+    for name, s in report["summary"].items():
+        rot = " ".join(f"{v:.2f}" for v in s["final_rotation_per_layer"].values())
+        lines.append(f"| {name} | {100 * s['final_test_acc_mean']:.2f} ± {100 * s['final_test_acc_std']:.2f} % | "
+                     f"{rot} | {s['final_rotation_min']:.2f} … {s['final_rotation_max']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(runs, rotations, epochs, path):
     matplotlib = _need("matplotlib", "matplotlib")
     matplotlib.use("Agg")
@@ -220,6 +235,8 @@ def main(argv=None) -> dict:
     png_path = os.path.join(args.out, "layer_rotation.png")
     with open(json_path, "w") as f:
         json.dump(report, f, indent=1)
+    with open(os.path.join(args.out, "layer_rotation.md"), "w") as f:
+        f.write(markdown(report))
     plot(runs, rotations, args.epochs, png_path)
 
     print(f"{'optimiser':22s} {'final test acc':>22s} {'final layer rotation (min .. max over layers)':>48s}")

@@ -1,0 +1,48 @@
+"""The README's figures come from files the code generates, and stay in step with them: each example writes
+``docs/<name>.md`` from its JSON (``markdown(report)``), and the README quotes that text verbatim between
+``<!-- generated: docs/<name>.md -->`` and ``<!-- end generated -->``."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ("digits", "layer_rotation", "deep_orthogonal")
+
+
+def _example(name: str):
+    sys.path.insert(0, str(ROOT / "examples"))  # the examples import each other's data loading
+    try:
+        spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_generated_summary_matches_its_json(name):
+    report = json.loads((ROOT / "docs" / f"{name}.json").read_text())
+    assert (ROOT / "docs" / f"{name}.md").read_text() == _example(name).markdown(report)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_readme_quotes_the_generated_summary(name):
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(rf"<!-- generated: docs/{name}\.md -->\n(.*?)<!-- end generated -->", readme, re.S)
+    assert blocks, f"README.md has no block generated from docs/{name}.md"
+    generated = (ROOT / "docs" / f"{name}.md").read_text()
+    for block in blocks:
+        assert block == generated, f"README.md's docs/{name}.md block differs from the file"
+
+
+def test_readme_figures_exist():
+    readme = (ROOT / "README.md").read_text()
+    for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme):
+        assert (ROOT / path).is_file(), path
