@@ -129,21 +129,27 @@ def _triton_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.
     return triton_polar().polar_newton_schulz(G, mode=mode, rcond=rcond, side=side)
 
 
-# Measured on the 2-core CPU (float32, 1 thread; bench/RESULTS.md): the compiled gram_eigh loses to the torch
-# reference above n = 64 (its Gram and apply are row loops, the reference's are BLAS), the compiled cholqr2 from
-# n = 64 on (LAPACK's SVD of R beats its one-sided Jacobi).
-_CPP_GRAM_EIGH_MAX_N = 64
-_CPP_CHOLQR2_MAX_N = 63
+# Measured on the 2-core CPU (float32, one thread, paired CPU time; bench/RESULTS.md): the compiled gram_eigh (one
+# triangle of a float64 Gram matrix reading G once, its own eigensolver up to n = 128, the apply through sgemm) is
+# faster than the torch reference at every n tried, 1 to 1024 (nearly even only for square n = 1024, where LAPACK's
+# eigensolver dominates both); the compiled cholqr2 (no stored Q1, LAPACK for the small factorisations) likewise,
+# even at square n = 1024, where LAPACK's SVD of R dominates both. backend=None takes them at every n: None is no
+# limit.
+_CPP_GRAM_EIGH_MAX_N: Optional[int] = None
+_CPP_CHOLQR2_MAX_N: Optional[int] = None
+
 
 _IMPLS = (
     Impl("svd", "torch", reference.polar_svd, _always),
     Impl("gram_eigh", "torch", reference.polar_gram_eigh, _always),
-    Impl("gram_eigh", "cpp", compiled.gram_eigh, _cpp_why_not, prefer=lambda G: G.shape[-1] <= _CPP_GRAM_EIGH_MAX_N),
+    Impl("gram_eigh", "cpp", compiled.gram_eigh, _cpp_why_not,
+         prefer=lambda G: _CPP_GRAM_EIGH_MAX_N is None or G.shape[-1] <= _CPP_GRAM_EIGH_MAX_N),
     Impl("gram_eigh", "triton", _triton_gram_eigh, _triton_why_not),
     Impl("newton_schulz", "torch", reference.polar_newton_schulz, _always),
     Impl("newton_schulz", "triton", _triton_newton_schulz, _triton_why_not),
     Impl("cholqr2", "torch", reference.polar_cholqr2, _always),
-    Impl("cholqr2", "cpp", compiled.cholqr2, _cpp_why_not, prefer=lambda G: G.shape[-1] <= _CPP_CHOLQR2_MAX_N),
+    Impl("cholqr2", "cpp", compiled.cholqr2, _cpp_why_not,
+         prefer=lambda G: _CPP_CHOLQR2_MAX_N is None or G.shape[-1] <= _CPP_CHOLQR2_MAX_N),
 )
 TABLE: dict[tuple[str, str], Impl] = {(i.method, i.backend): i for i in _IMPLS}
 

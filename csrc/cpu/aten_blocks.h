@@ -88,11 +88,38 @@ inline at::Tensor block_like(const at::Tensor& storage, const at::Tensor& src) {
   return col_major ? flat.view({c, n, rows}).transpose(1, 2) : flat.view({c, rows, n});
 }
 
-// src converted to the dtype of storage in a block view of it, times 2^-e when e != 0 (exact: a power of two).
-inline at::Tensor load_block(const at::Tensor& storage, const at::Tensor& src, int e = 0) {
+// t *= 2^-e in place, exactly (powers of two), in steps whose factors are normal numbers of t's dtype (2^139
+// scales a subnormal float32 block up, and is not a float32 itself). Upscaling, every step stays below the final
+// values; downscaling, above them: no step over- or underflows where the result does not.
+inline void scale_pow2_(at::Tensor t, int e) {
+  const int step = t.scalar_type() == at::kDouble ? 1000 : 100;
+  while (e != 0) {
+    const int s = std::clamp(e, -step, step);
+    t.mul_(std::ldexp(1.0, -s));
+    e -= s;
+  }
+}
+
+// Each matrix t_i of the chunk t (c, rows, n) *= 2^-e_i: one ATen call for the whole chunk where every factor is a
+// normal float64 (always but for float64 input of extreme magnitude), else matrix by matrix.
+inline void scale_matrices_pow2_(at::Tensor t, const std::vector<int>& e) {
+  const bool any = std::any_of(e.begin(), e.end(), [](int x) { return x != 0; });
+  if (!any) return;
+  const bool one_call = t.scalar_type() == at::kDouble &&
+                        std::all_of(e.begin(), e.end(), [](int x) { return std::abs(x) <= 1000; });
+  if (one_call) {
+    std::vector<double> f(e.size());
+    for (size_t i = 0; i < e.size(); ++i) f[i] = std::ldexp(1.0, -e[i]);
+    t.mul_(at::tensor(f, t.options()).view({int64_t(e.size()), 1, 1}));
+  } else {
+    for (size_t i = 0; i < e.size(); ++i) scale_pow2_(t.select(0, int64_t(i)), e[i]);
+  }
+}
+
+// src converted to the dtype of storage in a block view of it.
+inline at::Tensor load_block(const at::Tensor& storage, const at::Tensor& src) {
   at::Tensor blk = block_like(storage, src);
   blk.copy_(src);
-  if (e != 0) blk.mul_(std::ldexp(1.0, -e));
   return blk;
 }
 
@@ -101,11 +128,10 @@ inline at::Tensor load_block(const at::Tensor& storage, const at::Tensor& src, i
 inline void gram_chunk(const at::Tensor& G, at::Tensor& A, std::vector<double>& work, int e = 0) {
   const int64_t c = G.size(0), m = G.size(1), n = G.size(2);
   double* a = A.data_ptr<double>();
-  const double f = std::ldexp(1.0, -e);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "orthokern_gram", [&] {
     const scalar_t* g = G.const_data_ptr<scalar_t>();
     for (int64_t i = 0; i < c; ++i)
-      gram_full<scalar_t>(g + i * G.stride(0), m, n, G.stride(1), G.stride(2), a + i * n * n, work.data(), f);
+      gram_full<scalar_t>(g + i * G.stride(0), m, n, G.stride(1), G.stride(2), a + i * n * n, work.data(), e);
   });
 }
 

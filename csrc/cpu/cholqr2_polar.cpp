@@ -32,8 +32,7 @@ at::Tensor q1_block(const at::Tensor& G, const at::Tensor& R1, const std::vector
   const at::Tensor src = G.narrow(1, r0, rb);
   at::Tensor x = s.x.narrow(0, 0, src.numel()).view(src.sizes());
   x.copy_(src);
-  for (size_t i = 0; i < e.size(); ++i)
-    if (e[i] != 0) x.select(0, int64_t(i)).mul_(std::ldexp(1.0, -e[i]));
+  scale_matrices_pow2_(x, e);
   at::Tensor q = s.q.narrow(0, 0, src.numel()).view(src.sizes());
   at::linalg_solve_triangular_out(q, R1, x, /*upper=*/true, /*left=*/false);
   return q;

@@ -50,8 +50,7 @@ void apply_chunk(const at::Tensor& G, const at::Tensor& Ma, at::Tensor& O, int64
   for (int64_t r0 = 0; r0 < m; r0 += rows) {
     const int64_t rb = std::min(rows, m - r0);
     at::Tensor blk = load_block(s.apply, G.narrow(1, r0, rb));
-    for (size_t i = 0; i < pre.size(); ++i)
-      if (pre[i] != 0) blk.select(0, int64_t(i)).mul_(std::ldexp(1.0, -pre[i]));
+    scale_matrices_pow2_(blk, pre);
     at::Tensor Ob = O.narrow(1, r0, rb);
     if (O.scalar_type() == Ma.scalar_type()) {
       at::bmm_out(Ob, blk, Ma);

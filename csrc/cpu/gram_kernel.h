@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "cpu/simd.h"
@@ -36,11 +37,12 @@ inline int64_t block_rows(int64_t n) {
   return std::clamp<int64_t>((int64_t(1) << 16) / (strips(n) * kStrip), 64, 512);
 }
 
-// P = rows r of f G (element (i, j) at G[i * s_row + j * s_col]) in strips, converted to float64 (f: a power of
-// two, so the product is exact).
+// P = rows r of f1 f2 G (element (i, j) at G[i * s_row + j * s_col]) in strips, converted to float64 (f1, f2:
+// powers of two, so the products are exact; two factors reach scales beyond float64's exponent range, as
+// 2^1074 for a subnormal float64 matrix).
 template <typename T>
-ORTHOKERN_CPU_CLONES void pack_strips(const T* G, int64_t rows, int64_t n, int64_t s_row, int64_t s_col, double f,
-                                      double* P) {
+ORTHOKERN_CPU_CLONES void pack_strips(const T* G, int64_t rows, int64_t n, int64_t s_row, int64_t s_col, double f1,
+                                      double f2, double* P) {
   const int64_t ns = strips(n);
   for (int64_t s = 0; s < ns; ++s) {
     double* ps = P + s * rows * kStrip;
@@ -49,13 +51,13 @@ ORTHOKERN_CPU_CLONES void pack_strips(const T* G, int64_t rows, int64_t n, int64
       for (int64_t i = 0; i < rows; ++i) {
         const T* g = G + i * s_row + j0;
         double* d = ps + i * kStrip;
-        for (int64_t j = 0; j < w; ++j) d[j] = f * double(g[j]);
+        for (int64_t j = 0; j < w; ++j) d[j] = (f1 * double(g[j])) * f2;
         for (int64_t j = w; j < kStrip; ++j) d[j] = 0.0;
       }
     } else {  // column by column: unit-stride reads when G is column-major
       for (int64_t j = 0; j < w; ++j) {
         const T* g = G + (j0 + j) * s_col;
-        for (int64_t i = 0; i < rows; ++i) ps[i * kStrip + j] = f * double(g[i * s_row]);
+        for (int64_t i = 0; i < rows; ++i) ps[i * kStrip + j] = (f1 * double(g[i * s_row])) * f2;
       }
       for (int64_t j = w; j < kStrip; ++j)
         for (int64_t i = 0; i < rows; ++i) ps[i * kStrip + j] = 0.0;
@@ -106,16 +108,17 @@ inline int64_t gram_work(int64_t m, int64_t n) {
   return std::min(m, gram_detail::block_rows(n)) * gram_detail::strips(n) * gram_detail::kStrip;
 }
 
-// A (n x n, upper triangle; entries just below the diagonal are clobbered) += (f G)^T (f G) for G (m x n) with
-// element (i, j) at G[i * s_row + j * s_col], any strides and float type, accumulated in float64; f: a power of
-// two (1 but for float64 input of extreme magnitude). work: gram_work(m, n) doubles.
+// A (n x n, upper triangle; entries just below the diagonal are clobbered) += (2^-e G)^T (2^-e G) for G (m x n)
+// with element (i, j) at G[i * s_row + j * s_col], any strides and float type, accumulated in float64 (e != 0 only
+// for float64 input of extreme magnitude). work: gram_work(m, n) doubles.
 template <typename T>
 void gram_add_upper(const T* G, int64_t m, int64_t n, int64_t s_row, int64_t s_col, double* A, double* work,
-                    double f = 1.0) {
+                    int e = 0) {
+  const double f1 = std::ldexp(1.0, -e / 2), f2 = std::ldexp(1.0, -e + e / 2);
   const int64_t block = gram_detail::block_rows(n);
   for (int64_t r0 = 0; r0 < m; r0 += block) {
     const int64_t rb = std::min(block, m - r0);
-    gram_detail::pack_strips<T>(G + r0 * s_row, rb, n, s_row, s_col, f, work);
+    gram_detail::pack_strips<T>(G + r0 * s_row, rb, n, s_row, s_col, f1, f2, work);
     gram_detail::gram_strips(work, rb, n, A);
   }
 }
@@ -126,12 +129,11 @@ inline void mirror_upper(double* A, int64_t n) {
     for (int64_t b = 0; b < a; ++b) A[a * n + b] = A[b * n + a];
 }
 
-// A (n x n, both triangles, float64) = (f G)^T (f G) (see gram_add_upper).
+// A (n x n, both triangles, float64) = (2^-e G)^T (2^-e G) (see gram_add_upper).
 template <typename T>
-void gram_full(const T* G, int64_t m, int64_t n, int64_t s_row, int64_t s_col, double* A, double* work,
-               double f = 1.0) {
+void gram_full(const T* G, int64_t m, int64_t n, int64_t s_row, int64_t s_col, double* A, double* work, int e = 0) {
   std::fill(A, A + n * n, 0.0);
-  gram_add_upper<T>(G, m, n, s_row, s_col, A, work, f);
+  gram_add_upper<T>(G, m, n, s_row, s_col, A, work, e);
   mirror_upper(A, n);
 }
 

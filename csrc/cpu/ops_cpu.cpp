@@ -17,14 +17,18 @@ void check_polar_input(const char* op, const at::Tensor& G, double rcond) {
   TORCH_CHECK(rcond >= 0.0 && rcond < 1.0, op, ": rcond must be in [0, 1), got ", rcond);
 }
 
+// The kernels call ATen ops on G; below the autograd key they run as plain computations even when G requires
+// grad (these ops have no derivative of their own: polar()'s autograd.Function differentiates the result).
 at::Tensor gram_eigh_polar_cpu(const at::Tensor& G, double rcond) {
   check_polar_input("gram_eigh_polar", G, rcond);
+  at::AutoDispatchBelowADInplaceOrView guard;
   return cpu::gram_eigh_polar(G, rcond);
 }
 
 at::Tensor cholqr2_polar_cpu(const at::Tensor& G, double rcond) {
   check_polar_input("cholqr2_polar", G, rcond);
   TORCH_CHECK(G.size(1) >= G.size(2), "cholqr2_polar: G must be tall (m >= n), got shape ", G.sizes());
+  at::AutoDispatchBelowADInplaceOrView guard;
   return cpu::cholqr2_polar(G, rcond);
 }
 
