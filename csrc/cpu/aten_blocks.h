@@ -2,9 +2,10 @@
 // blocks, the float64 Gram pass, the apply pass, and the threading policy. The matrix products go through ATen
 // (at::bmm_out / baddbmm_), i.e. the BLAS torch links; what is computed per matrix is in the torch-free headers.
 //
-// Blocks: a chunk is a run of whole matrices (many small ones) or one matrix (large ones), cut into row blocks where
-// G is converted to float64 through ATen, so that a block stays in cache. There is never a full-size float64 copy
-// of G.
+// Threads: the per-matrix kernels run in parallel over the matrices of a batch (or over the rows of one large
+// matrix), the BLAS and LAPACK calls between those parallel regions with their own threads: never one inside the
+// other. Blocks: where G is converted through ATen (half-precision and rescaled applies, cholqr2's passes) it is
+// cut into row blocks that stay in cache. There is never a full-size float64 copy of G.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,6 +17,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -49,16 +51,24 @@ inline BlockPlan plan_blocks(int64_t batch, int64_t m, int64_t n, int64_t elem_s
   return {1, std::min(rows, m)};
 }
 
-// Chunks of a batch in parallel when there are enough of them to share among the threads (each BLAS call then
-// runs on one thread: ATen does not nest its parallel regions, and MKL and OpenBLAS run sequentially inside
-// one), else one after the other with the BLAS calls multithreaded: never both.
-inline void for_each_chunk(int64_t chunks, const std::function<void(int64_t, int64_t)>& fn) {
-  const int64_t threads = at::get_num_threads();
-  if (threads > 1 && chunks >= threads && !at::in_parallel_region()) {
-    at::parallel_for(0, chunks, 1, fn);
-  } else {
-    fn(0, chunks);
+// Threads an op may use here: torch's intra-op thread count, 1 inside a parallel region.
+inline int64_t op_threads() { return at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads()); }
+
+// fn(i, t) for every i in [0, count), spread over `threads` threads (t: the thread's index, for its scratch) with
+// dynamic scheduling: each thread takes the next index from a shared counter, so that a thread the OS deschedules
+// (on a shared machine) does not hold back a fixed share of the work. fn must not call the BLAS or LAPACK: MKL run
+// inside a parallel region starts its own threads there (torch turns MKL's dynamic adjustment off), which
+// oversubscribes the cores; the ops call the BLAS between parallel regions instead, with its own threads.
+inline void parallel_matrices(int64_t count, int64_t threads, const std::function<void(int64_t, int64_t)>& fn) {
+  if (threads <= 1 || count <= 1) {
+    for (int64_t i = 0; i < count; ++i) fn(i, 0);
+    return;
   }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t i = next++; i < count; i = next++) fn(i, t);
+  });
 }
 
 // A new contiguous tensor for a result. From 4 MiB on, its memory is backed by transparent huge pages where the
@@ -123,71 +133,91 @@ inline at::Tensor load_block(const at::Tensor& storage, const at::Tensor& src) {
   return blk;
 }
 
-// A (c, n, n) = (2^-e G_i)^T (2^-e G_i) in float64 for each matrix of the chunk G (c, m, n) of any float dtype and
-// strides, reading G once (gram_kernel.h). work: at least gram_work(m, n) doubles.
-inline void gram_chunk(const at::Tensor& G, at::Tensor& A, std::vector<double>& work, int e = 0) {
-  const int64_t c = G.size(0), m = G.size(1), n = G.size(2);
-  double* a = A.data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "orthokern_gram", [&] {
-    const scalar_t* g = G.const_data_ptr<scalar_t>();
-    for (int64_t i = 0; i < c; ++i)
-      gram_full<scalar_t>(g + i * G.stride(0), m, n, G.stride(1), G.stride(2), a + i * n * n, work.data(), e);
+// The float64 Gram matrix A (n x n, both triangles) of 2^-e Gi for one matrix Gi (m x n view, any float dtype and
+// strides), reading Gi once (gram_kernel.h). With threads > 1 the rows are split among the threads, each summing
+// into its own n x n accumulator (the kernel code only: no BLAS call runs inside the parallel region).
+// work[t]: scratch of thread t, at least gram_work(m, n) doubles (and n^2 more when threads > 1).
+inline void gram_one(const at::Tensor& Gi, double* A, int e, std::vector<std::vector<double>>& work,
+                     int64_t threads = 1) {
+  const int64_t m = Gi.size(0), n = Gi.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Gi.scalar_type(), "orthokern_gram", [&] {
+    const scalar_t* g = Gi.const_data_ptr<scalar_t>();
+    const int64_t sr = Gi.stride(0), sc = Gi.stride(1);
+    if (threads <= 1) {
+      gram_full<scalar_t>(g, m, n, sr, sc, A, work[0].data(), e);
+      return;
+    }
+    const int64_t per = (m + threads - 1) / threads;
+    at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r0 = std::min(m, t * per), rows = std::min(m, r0 + per) - r0;
+        double* acc = work[t].data() + gram_work(m, n);
+        std::fill(acc, acc + n * n, 0.0);
+        gram_add_upper<scalar_t>(g + r0 * sr, rows, n, sr, sc, acc, work[t].data(), e);
+      }
+    });
+    std::fill(A, A + n * n, 0.0);
+    for (int64_t t = 0; t < threads; ++t) {
+      const double* acc = work[t].data() + gram_work(m, n);
+      for (int64_t a = 0; a < n; ++a)
+        for (int64_t b = a; b < n; ++b) A[a * n + b] += acc[a * n + b];
+    }
+    mirror_upper(A, n);
   });
 }
 
-// Per matrix of a chunk: what its Gram matrix says about it (scaling.h), and the exponent e of X = 2^-e G.
-struct GramScales {
-  std::vector<GramStatus> status;
-  std::vector<int> e;
+// Scratch per thread for gram_one.
+inline std::vector<std::vector<double>> gram_scratch(int64_t m, int64_t n, int64_t threads) {
+  const int64_t len = gram_work(m, n) + (threads > 1 ? n * n : 0);
+  return std::vector<std::vector<double>>(std::max<int64_t>(1, threads), std::vector<double>(len));
+}
+
+// What the Gram matrix of one matrix says about it (scaling.h), and the exponent e of X = 2^-e G.
+struct GramScale {
+  GramStatus status = GramStatus::kOk;
+  int e = 0;
 };
 
-// After gram_chunk(G, A, ...): classify each matrix by the trace of its Gram matrix, recompute the Gram matrices
-// of float64 matrices of extreme magnitude from 2^-e0 G (one more pass over those matrices only), and scale every
-// A_i to the Gram matrix of X_i = 2^-e_i G_i. A_i of a zero or non-finite matrix is set to the identity (any
-// finite matrix would do: its result is overwritten by zeros or NaN), so that the factorisations that follow
-// never see a NaN.
-inline GramScales scale_grams(const at::Tensor& G, at::Tensor& A, std::vector<double>& work) {
-  const int64_t c = G.size(0), n = G.size(2);
-  const bool wide_gram = G.scalar_type() != at::kDouble;
-  double* a = A.data_ptr<double>();
-  GramScales out{std::vector<GramStatus>(c), std::vector<int>(c, 0)};
-  for (int64_t i = 0; i < c; ++i) {
-    double* Ai = a + i * n * n;
-    double tr = trace(Ai, n);
-    GramStatus st = gram_status(tr, wide_gram);
-    int e0 = 0;
-    if (st == GramStatus::kCheck)
-      st = at::isfinite(G.select(0, i)).all().item<bool>() ? GramStatus::kRescale : GramStatus::kNonFinite;
-    if (st == GramStatus::kRescale) {
-      const double amax = G.select(0, i).abs().max().item<double>();
-      if (amax == 0) {
-        st = GramStatus::kZero;
-      } else {
-        e0 = amax_exponent(amax);
-        at::Tensor Ai_t = A.narrow(0, i, 1);
-        gram_chunk(G.narrow(0, i, 1), Ai_t, work, e0);
-        tr = trace(Ai, n);
-        st = GramStatus::kOk;
-      }
-    }
-    if (st == GramStatus::kOk) {
-      const int ef = frobenius_exponent(tr);
-      scale_gram(Ai, n, ef);
-      out.e[i] = e0 + ef;
+// After gram_one(Gi, A, 0, ...): classify the matrix by the trace of its Gram matrix; for a float64 matrix of
+// extreme magnitude recompute the Gram matrix from 2^-e0 Gi (one more pass over this matrix only); scale A to the
+// Gram matrix of X = 2^-e Gi. A of a zero or non-finite matrix is set to the identity (any finite matrix would do:
+// its result is overwritten by zeros or NaN), so that the factorisations that follow never see a NaN.
+inline GramScale scale_gram_of(const at::Tensor& Gi, double* A, std::vector<std::vector<double>>& work,
+                               int64_t threads = 1) {
+  const int64_t n = Gi.size(1);
+  double tr = trace(A, n);
+  GramScale out;
+  out.status = gram_status(tr, Gi.scalar_type() != at::kDouble);
+  int e0 = 0;
+  if (out.status == GramStatus::kCheck)
+    out.status = at::isfinite(Gi).all().item<bool>() ? GramStatus::kRescale : GramStatus::kNonFinite;
+  if (out.status == GramStatus::kRescale) {
+    const double amax = Gi.abs().max().item<double>();
+    if (amax == 0) {
+      out.status = GramStatus::kZero;
     } else {
-      std::fill(Ai, Ai + n * n, 0.0);
-      for (int64_t k = 0; k < n; ++k) Ai[k * n + k] = 1.0;
+      e0 = amax_exponent(amax);
+      gram_one(Gi, A, e0, work, threads);
+      tr = trace(A, n);
+      out.status = GramStatus::kOk;
     }
-    out.status[i] = st;
+  }
+  if (out.status == GramStatus::kOk) {
+    const int ef = frobenius_exponent(tr);
+    scale_gram(A, n, ef);
+    out.e = e0 + ef;
+  } else {
+    std::fill(A, A + n * n, 0.0);
+    for (int64_t k = 0; k < n; ++k) A[k * n + k] = 1.0;
   }
   return out;
 }
 
-// The results of zero and non-finite matrices (scale_grams' status): zeros and NaN.
-inline void set_special_results(at::Tensor& O, const GramScales& sc) {
-  for (size_t i = 0; i < sc.status.size(); ++i) {
-    if (sc.status[i] == GramStatus::kNonFinite) O.select(0, int64_t(i)).fill_(std::numeric_limits<double>::quiet_NaN());
-    if (sc.status[i] == GramStatus::kZero) O.select(0, int64_t(i)).zero_();
+// The results of zero and non-finite matrices (scale_gram_of's status): zeros and NaN.
+inline void set_special_results(at::Tensor& O, const std::vector<GramScale>& sc) {
+  for (size_t i = 0; i < sc.size(); ++i) {
+    if (sc[i].status == GramStatus::kNonFinite) O.select(0, int64_t(i)).fill_(std::numeric_limits<double>::quiet_NaN());
+    if (sc[i].status == GramStatus::kZero) O.select(0, int64_t(i)).zero_();
   }
 }
 

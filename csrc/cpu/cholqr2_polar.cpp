@@ -20,7 +20,7 @@ namespace cpu {
 namespace {
 
 struct Scratch {
-  std::vector<double> gram;  // gram_kernel.h's packed block
+  std::vector<std::vector<double>> gram;  // gram_one's, per thread
   at::Tensor x;              // float64 blocks of X = 2^-e G
   at::Tensor q;              // float64 blocks of Q1 = X R1^-1
   at::Tensor y;              // float64 blocks of O (input not float64)
@@ -47,11 +47,17 @@ at::Tensor upper_cholesky(const at::Tensor& A) {
 void cholqr2_chunk(const at::Tensor& G, at::Tensor& O, double rcond, int64_t rows, Scratch& s) {
   const int64_t c = G.size(0), m = G.size(1), n = G.size(2);
   at::Tensor A = at::empty({c, n, n}, G.options().dtype(at::kDouble));
-  gram_chunk(G, A, s.gram);
-  const GramScales sc = scale_grams(G, A, s.gram);
-  const auto ok = [&](int64_t i) { return sc.status[i] == GramStatus::kOk; };
-
   double* a = A.data_ptr<double>();
+  const int64_t gram_threads = int64_t(s.gram.size());
+  std::vector<GramScale> sc(c);
+  std::vector<int> e(c);
+  for (int64_t i = 0; i < c; ++i) {
+    gram_one(G.select(0, i), a + i * n * n, 0, s.gram, gram_threads);
+    sc[i] = scale_gram_of(G.select(0, i), a + i * n * n, s.gram, gram_threads);
+    e[i] = sc[i].e;
+  }
+  const auto ok = [&](int64_t i) { return sc[i].status == GramStatus::kOk; };
+
   for (int64_t i = 0; i < c; ++i)
     if (ok(i)) add_cholqr_shift(a + i * n * n, m, n);
   const at::Tensor R1 = upper_cholesky(A);
@@ -60,9 +66,9 @@ void cholqr2_chunk(const at::Tensor& G, at::Tensor& O, double rcond, int64_t row
   A.zero_();
   for (int64_t r0 = 0; r0 < m; r0 += rows) {
     const int64_t rb = std::min(rows, m - r0);
-    const at::Tensor q = q1_block(G, R1, sc.e, r0, rb, s);
+    const at::Tensor q = q1_block(G, R1, e, r0, rb, s);
     const double* qp = q.const_data_ptr<double>();
-    for (int64_t i = 0; i < c; ++i) gram_add_upper<double>(qp + i * rb * n, rb, n, n, 1, a + i * n * n, s.gram.data());
+    for (int64_t i = 0; i < c; ++i) gram_add_upper<double>(qp + i * rb * n, rb, n, n, 1, a + i * n * n, s.gram[0].data());
   }
   std::vector<double> s2(c, 0.0);
   for (int64_t i = 0; i < c; ++i) {
@@ -90,7 +96,7 @@ void cholqr2_chunk(const at::Tensor& G, at::Tensor& O, double rcond, int64_t row
   // Third pass: O = Q1 N block by block, rounded once to O's dtype.
   for (int64_t r0 = 0; r0 < m; r0 += rows) {
     const int64_t rb = std::min(rows, m - r0);
-    const at::Tensor q = q1_block(G, R1, sc.e, r0, rb, s);
+    const at::Tensor q = q1_block(G, R1, e, r0, rb, s);
     at::Tensor Ob = O.narrow(1, r0, rb);
     if (O.scalar_type() == at::kDouble) {
       at::bmm_out(Ob, q, N);
@@ -109,20 +115,19 @@ at::Tensor cholqr2_polar(const at::Tensor& G, double rcond) {
   const int64_t B = G.size(0), m = G.size(1), n = G.size(2);
   at::Tensor O = empty_result({B, m, n}, G.options());
   if (O.numel() == 0) return O;
+  // Chunks one after the other: the LAPACK and BLAS calls on each run on their own threads, and so does the Gram
+  // pass of a chunk of one matrix (split by rows).
   const BlockPlan plan = plan_blocks(B, m, n, G.element_size());
-  const int64_t chunks = (B + plan.chunk - 1) / plan.chunk;
-  for_each_chunk(chunks, [&](int64_t c0, int64_t c1) {
-    const int64_t block = plan.chunk * plan.rows * n;
-    const auto f64 = G.options().dtype(at::kDouble);
-    Scratch s{std::vector<double>(gram_work(std::max(m, plan.rows), n)), at::empty({block}, f64), at::empty({block}, f64),
-              at::Tensor()};
-    if (G.scalar_type() != at::kDouble) s.y = at::empty({block}, f64);
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const int64_t b0 = ch * plan.chunk, c = std::min(plan.chunk, B - b0);
-      at::Tensor Oc = O.narrow(0, b0, c);
-      cholqr2_chunk(G.narrow(0, b0, c), Oc, rcond, plan.rows, s);
-    }
-  });
+  const int64_t block = plan.chunk * plan.rows * n;
+  const auto f64 = G.options().dtype(at::kDouble);
+  Scratch s{gram_scratch(std::max(m, plan.rows), n, plan.chunk == 1 ? op_threads() : 1), at::empty({block}, f64),
+            at::empty({block}, f64), at::Tensor()};
+  if (G.scalar_type() != at::kDouble) s.y = at::empty({block}, f64);
+  for (int64_t b0 = 0; b0 < B; b0 += plan.chunk) {
+    const int64_t c = std::min(plan.chunk, B - b0);
+    at::Tensor Oc = O.narrow(0, b0, c);
+    cholqr2_chunk(G.narrow(0, b0, c), Oc, rcond, plan.rows, s);
+  }
   return O;
 }
 

@@ -7,6 +7,10 @@
 // separate reduction or scaling pass. The Gram matrix is accumulated in float64 (for float32 and half input from
 // blocks converted in cache), the eigensolver runs in float64, the apply in float32 (float64 for float64 input)
 // through the BLAS, stored once in G's dtype.
+//
+// Threads: the per-matrix work (Gram, eigensolver, n x n factor) runs in parallel over the matrices of the batch
+// (over the rows of each matrix's Gram pass when there are few); LAPACK's eigensolver (n > kOwnEighMaxN) and the
+// BLAS apply run between those regions, on their own threads.
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -28,117 +32,122 @@ namespace {
 // reference CPU (one thread, measured in bench/RESULTS.md): syevd's fixed cost per call dominates for small n;
 // above, its blocked divide and conquer wins.
 constexpr int64_t kOwnEighMaxN = 128;
+// Bytes of the float64 n x n matrices (Gram matrices and LAPACK's eigenvectors) held at once for the LAPACK path.
+constexpr int64_t kGroupBytes = int64_t(1) << 26;
 
+// Per-thread scratch of the per-matrix work.
 struct Scratch {
-  std::vector<double> gram;     // gram_full's packed block
-  std::vector<double> eigh;    // symmetric_eigh's work
-  std::vector<double> factor;  // inverse_sqrt_factor's work
-  at::Tensor apply;          // apply-dtype blocks of G (half input, or a scale that cannot be folded)
-  at::Tensor out;            // apply-dtype blocks of O (half input)
+  std::vector<std::vector<double>> gram;  // gram_one's, one per thread of a row-parallel Gram pass
+  std::vector<double> A, lam, Vt, eigh, d, M, factor;
+  Scratch(int64_t m, int64_t n, int64_t gram_threads)
+      : gram(gram_scratch(m, n, gram_threads)), A(n * n), lam(n), Vt(n * n), eigh(symmetric_eigh_work(n)), d(n),
+        M(n * n), factor(gram_work(n, n)) {}
 };
 
-// O = (2^-pre_i G_i) Ma_i for each matrix i of the chunk, in Ma's dtype, stored in O's dtype.
-void apply_chunk(const at::Tensor& G, const at::Tensor& Ma, at::Tensor& O, int64_t rows, const std::vector<int>& pre,
-                 Scratch& s) {
+// From the eigen-decomposition of the scaled Gram matrix of matrix i (eigenvalues lam, eigenvectors as the rows of
+// Vt, which is overwritten): its n x n factor, with the scale 2^-e folded in where the result fits ApplyT (exact),
+// else left to the apply (pre = e: the blocks of G are scaled in cache).
+template <typename ApplyT>
+void finish_factor(const double* lam, double* Vt, int64_t n, double rcond, int e, ApplyT* Ma, int* pre, Scratch& s) {
+  inverse_sqrt_weights(lam, s.d.data(), n, rcond);
+  inverse_sqrt_factor(Vt, s.d.data(), n, s.M.data(), s.factor.data());
+  const bool fold = can_fold<ApplyT>(max_abs(s.M.data(), n * n), e);
+  *pre = fold ? 0 : e;
+  fold_scale<ApplyT>(s.M.data(), Ma, n * n, fold ? -e : 0);
+}
+
+// O = (2^-pre_i G_i) Ma_i for every matrix, in Ma's dtype, stored in O's dtype: one BLAS call in the common case,
+// else through float32/float64 blocks converted (and scaled) in cache.
+void apply(const at::Tensor& G, const at::Tensor& Ma, at::Tensor& O, const std::vector<int>& pre) {
   const bool prescale = std::any_of(pre.begin(), pre.end(), [](int e) { return e != 0; });
-  const bool same_dtype = G.scalar_type() == Ma.scalar_type() && O.scalar_type() == Ma.scalar_type();
-  if (same_dtype && !prescale) {
-    at::bmm_out(O, G, Ma);  // the common case: one BLAS call reading G and writing O
+  if (G.scalar_type() == Ma.scalar_type() && !prescale) {
+    at::bmm_out(O, G, Ma);
     return;
   }
-  const int64_t m = G.size(1);
-  for (int64_t r0 = 0; r0 < m; r0 += rows) {
-    const int64_t rb = std::min(rows, m - r0);
-    at::Tensor blk = load_block(s.apply, G.narrow(1, r0, rb));
-    scale_matrices_pow2_(blk, pre);
-    at::Tensor Ob = O.narrow(1, r0, rb);
-    if (O.scalar_type() == Ma.scalar_type()) {
-      at::bmm_out(Ob, blk, Ma);
-    } else {
-      at::Tensor y = s.out.narrow(0, 0, Ob.numel()).view(Ob.sizes());
-      at::bmm_out(y, blk, Ma);
-      Ob.copy_(y);  // half precision: rounded once, here
+  const int64_t B = G.size(0), m = G.size(1), n = G.size(2);
+  const BlockPlan plan = plan_blocks(B, m, n, G.element_size());
+  const int64_t block = plan.chunk * plan.rows * n;
+  const at::Tensor xs = at::empty({block}, Ma.options()), ys = at::empty({block}, Ma.options());
+  for (int64_t b0 = 0; b0 < B; b0 += plan.chunk) {
+    const int64_t c = std::min(plan.chunk, B - b0);
+    const std::vector<int> pc(pre.begin() + b0, pre.begin() + b0 + c);
+    const at::Tensor Mc = Ma.narrow(0, b0, c);
+    for (int64_t r0 = 0; r0 < m; r0 += plan.rows) {
+      const int64_t rb = std::min(plan.rows, m - r0);
+      at::Tensor blk = load_block(xs, G.narrow(0, b0, c).narrow(1, r0, rb));
+      scale_matrices_pow2_(blk, pc);
+      at::Tensor Ob = O.narrow(0, b0, c).narrow(1, r0, rb);
+      if (O.scalar_type() == Ma.scalar_type()) {
+        at::bmm_out(Ob, blk, Mc);
+      } else {
+        at::Tensor y = ys.narrow(0, 0, Ob.numel()).view(Ob.sizes());
+        at::bmm_out(y, blk, Mc);
+        Ob.copy_(y);  // half precision: rounded once, here
+      }
     }
   }
 }
 
 template <typename ApplyT>
-void gram_eigh_chunk(const at::Tensor& G, at::Tensor& O, double rcond, int64_t rows, Scratch& s) {
-  const int64_t c = G.size(0), n = G.size(2);
-  const auto f64 = G.options().dtype(at::kDouble);
-  at::Tensor A = at::empty({c, n, n}, f64);
-  gram_chunk(G, A, s.gram);
-  const GramScales sc = scale_grams(G, A, s.gram);
+void gram_eigh_batch(const at::Tensor& G, at::Tensor& O, double rcond) {
+  const int64_t B = G.size(0), m = G.size(1), n = G.size(2);
+  const int64_t threads = op_threads();
+  // Enough matrices to share among the threads: one matrix per task; else one matrix at a time with its Gram pass
+  // split by rows.
+  const bool across = B >= 2 * threads;
+  const int64_t gram_threads = across ? 1 : threads;
+  std::vector<Scratch> scratch;
+  for (int64_t t = 0; t < (across ? threads : 1); ++t) scratch.emplace_back(m, n, gram_threads);
 
-  // Eigenvalues lam (c, n) and eigenvectors as the rows of Vt (c, n, n).
-  at::Tensor lam, Vt;
-  if (n <= kOwnEighMaxN) {
-    lam = at::empty({c, n}, f64);
-    Vt = at::empty({c, n, n}, f64);
-    double* a = A.data_ptr<double>();
-    for (int64_t i = 0; i < c; ++i)
-      symmetric_eigh(a + i * n * n, lam.data_ptr<double>() + i * n, Vt.data_ptr<double>() + i * n * n, n,
-                     s.eigh.data());
-  } else {
-    at::Tensor W;
-    std::tie(lam, W) = at::linalg_eigh(A);
-    Vt = W.transpose(1, 2);
-  }
-  at::Tensor d = at::empty({c, n}, f64);
-  const double* lp = lam.data_ptr<double>();
-  double* dp = d.data_ptr<double>();
-  for (int64_t i = 0; i < c; ++i) inverse_sqrt_weights(lp + i * n, dp + i * n, n, rcond);
-  at::Tensor M = at::empty({c, n, n}, f64);
-  Vt = Vt.contiguous();  // (LAPACK's eigenvectors are column-major, so their transpose already is)
-  double* vp = Vt.data_ptr<double>();
-  for (int64_t i = 0; i < c; ++i)
-    inverse_sqrt_factor(vp + i * n * n, dp + i * n, n, M.data_ptr<double>() + i * n * n, s.factor.data());
-
-  // The scale 2^-e goes into the n x n factor (exact), or onto the blocks of G where the folded factor would
-  // leave ApplyT's range.
-  at::Tensor Ma = at::empty({c, n, n}, G.options().dtype(c10::CppTypeToScalarType<ApplyT>::value));
-  const double* mp = M.data_ptr<double>();
+  at::Tensor Ma = at::empty({B, n, n}, G.options().dtype(c10::CppTypeToScalarType<ApplyT>::value));
   ApplyT* map = Ma.data_ptr<ApplyT>();
-  std::vector<int> pre(c, 0);
-  for (int64_t i = 0; i < c; ++i) {
-    const double* Mi = mp + i * n * n;
-    const bool fold = can_fold<ApplyT>(max_abs(Mi, n * n), sc.e[i]);
-    pre[i] = fold ? 0 : sc.e[i];
-    fold_scale<ApplyT>(Mi, map + i * n * n, n * n, fold ? -sc.e[i] : 0);
+  std::vector<GramScale> sc(B);
+  std::vector<int> pre(B, 0);
+
+  if (n <= kOwnEighMaxN) {
+    parallel_matrices(B, across ? threads : 1, [&](int64_t i, int64_t t) {
+      Scratch& s = scratch[t];
+      const at::Tensor Gi = G.select(0, i);
+      gram_one(Gi, s.A.data(), 0, s.gram, gram_threads);
+      sc[i] = scale_gram_of(Gi, s.A.data(), s.gram, gram_threads);
+      symmetric_eigh(s.A.data(), s.lam.data(), s.Vt.data(), n, s.eigh.data());
+      finish_factor<ApplyT>(s.lam.data(), s.Vt.data(), n, rcond, sc[i].e, map + i * n * n, &pre[i], s);
+    });
+  } else {
+    const int64_t group = std::max<int64_t>(1, kGroupBytes / (2 * n * n * int64_t(sizeof(double))));
+    for (int64_t g0 = 0; g0 < B; g0 += group) {
+      const int64_t gc = std::min(group, B - g0);
+      at::Tensor A = at::empty({gc, n, n}, G.options().dtype(at::kDouble));
+      double* a = A.data_ptr<double>();
+      parallel_matrices(gc, across ? threads : 1, [&](int64_t i, int64_t t) {
+        const at::Tensor Gi = G.select(0, g0 + i);
+        gram_one(Gi, a + i * n * n, 0, scratch[t].gram, gram_threads);
+        sc[g0 + i] = scale_gram_of(Gi, a + i * n * n, scratch[t].gram, gram_threads);
+      });
+      auto [lam, W] = at::linalg_eigh(A);                // LAPACK, on its own threads
+      at::Tensor Vt = W.transpose(1, 2).contiguous();  // (LAPACK's eigenvectors are column-major: no copy)
+      const double* lp = lam.data_ptr<double>();
+      double* vp = Vt.data_ptr<double>();
+      parallel_matrices(gc, across ? threads : 1, [&](int64_t i, int64_t t) {
+        finish_factor<ApplyT>(lp + i * n, vp + i * n * n, n, rcond, sc[g0 + i].e, map + (g0 + i) * n * n,
+                              &pre[g0 + i], scratch[t]);
+      });
+    }
   }
-  apply_chunk(G, Ma, O, rows, pre, s);
+  apply(G, Ma, O, pre);
   set_special_results(O, sc);
 }
 
 }  // namespace
 
 at::Tensor gram_eigh_polar(const at::Tensor& G, double rcond) {
-  const int64_t B = G.size(0), m = G.size(1), n = G.size(2);
-  at::Tensor O = empty_result({B, m, n}, G.options());
+  at::Tensor O = empty_result(G.sizes(), G.options());
   if (O.numel() == 0) return O;
-  const bool dbl = G.scalar_type() == at::kDouble;
-  const bool half = G.scalar_type() == at::kHalf || G.scalar_type() == at::kBFloat16;
-  const auto apply_dtype = dbl ? at::kDouble : at::kFloat;
-  const BlockPlan plan = plan_blocks(B, m, n, G.element_size());
-  const int64_t chunks = (B + plan.chunk - 1) / plan.chunk;
-  for_each_chunk(chunks, [&](int64_t c0, int64_t c1) {
-    const int64_t block = plan.chunk * plan.rows * n;
-    Scratch s;
-    s.gram.resize(gram_work(m, n));
-    s.eigh.resize(symmetric_eigh_work(n));
-    s.factor.resize(gram_work(n, n));
-    s.apply = at::empty({block}, G.options().dtype(apply_dtype));
-    if (half) s.out = at::empty({block}, G.options().dtype(apply_dtype));
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const int64_t b0 = ch * plan.chunk, c = std::min(plan.chunk, B - b0);
-      at::Tensor Oc = O.narrow(0, b0, c);
-      if (dbl) {
-        gram_eigh_chunk<double>(G.narrow(0, b0, c), Oc, rcond, plan.rows, s);
-      } else {
-        gram_eigh_chunk<float>(G.narrow(0, b0, c), Oc, rcond, plan.rows, s);
-      }
-    }
-  });
+  if (G.scalar_type() == at::kDouble) {
+    gram_eigh_batch<double>(G, O, rcond);
+  } else {
+    gram_eigh_batch<float>(G, O, rcond);
+  }
   return O;
 }
 
