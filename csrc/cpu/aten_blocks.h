@@ -1,6 +1,7 @@
-// The passes over G shared by the compiled CPU polar ops (torch plumbing): how a batch is cut into chunks and row
-// blocks, the float64 Gram pass, the apply pass, and the threading policy. The matrix products go through ATen
-// (at::bmm_out / baddbmm_), i.e. the BLAS torch links; what is computed per matrix is in the torch-free headers.
+// The torch plumbing shared by the compiled CPU polar ops: the threading policy, the Gram pass of one matrix and
+// the checks on it, how the passes that go through ATen cut a batch into chunks and row blocks, and the result's
+// allocation. The BLAS products go through ATen (at::bmm_out), i.e. the BLAS torch links; what is computed per
+// matrix is in the torch-free headers.
 //
 // Threads: the per-matrix kernels run in parallel over the matrices of a batch (or over the rows of one large
 // matrix), the BLAS and LAPACK calls between those parallel regions with their own threads: never one inside the
@@ -30,11 +31,11 @@
 namespace orthokern {
 namespace cpu {
 
-// Bytes of G per chunk of small matrices: enough work per chunk to amortise the few ATen calls made per chunk
-// (microseconds each), and small enough (half a Zen 3 core's L2) that the chunk of G read by the Gram pass is
-// still in cache when the apply reads it again.
+// For the passes that convert G through ATen (cholqr2's, and gram_eigh's apply for half-precision or rescaled
+// input). Bytes of G per chunk of small matrices: enough work per chunk to amortise the few ATen calls made per
+// chunk (microseconds each), small enough (half a Zen 3 core's L2) to stay in cache between the passes over it.
 constexpr int64_t kChunkBytes = int64_t(1) << 19;
-// Float64 bytes of one row block of a large matrix in the passes that convert G to float64 through ATen.
+// Float64 bytes of one row block of a large matrix.
 constexpr int64_t kBlockBytes = int64_t(1) << 18;
 // Fewest rows per such block: below this the n x n accumulator is re-read too often per flop.
 constexpr int64_t kMinBlockRows = 256;
@@ -73,8 +74,8 @@ inline void parallel_matrices(int64_t count, int64_t threads, const std::functio
 
 // A new contiguous tensor for a result. From 4 MiB on, its memory is backed by transparent huge pages where the
 // kernel grants them on request (Linux, THP in "madvise" mode): writing the result once then costs one page fault
-// per 2 MiB instead of one per 4 KiB (measured at 256 x 576 x 64 float32: 9217 faults and as much system time as
-// the apply's sgemm itself). Only the 2 MiB-aligned interior of the buffer is advised; elsewhere nothing changes.
+// per 2 MiB instead of one per 4 KiB, whose system time was measured comparable to the apply's sgemm itself for a
+// result of tens of MiB. Only the 2 MiB-aligned interior of the buffer is advised; elsewhere nothing changes.
 inline at::Tensor empty_result(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
