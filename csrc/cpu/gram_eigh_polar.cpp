@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -35,22 +36,31 @@ constexpr int64_t kOwnEighMaxN = 128;
 // Bytes of the float64 n x n matrices (Gram matrices and LAPACK's eigenvectors) held at once for the LAPACK path.
 constexpr int64_t kGroupBytes = int64_t(1) << 26;
 
-// Per-thread scratch of the per-matrix work.
+// Scratch of the per-matrix work, one per thread (A, lam, Vt, eigh: only for the torch-free eigensolver).
 struct Scratch {
-  std::vector<std::vector<double>> gram;  // gram_one's, one per thread of a row-parallel Gram pass
-  std::vector<double> A, lam, Vt, eigh, d, M, factor;
-  Scratch(int64_t m, int64_t n, int64_t gram_threads)
-      : gram(gram_scratch(m, n, gram_threads)), A(n * n), lam(n), Vt(n * n), eigh(symmetric_eigh_work(n)), d(n),
-        M(n * n), factor(gram_work(n, n)) {}
+  std::vector<std::vector<double>> gram;  // gram_one's (one thread)
+  std::vector<double> A, lam, Vt, eigh, d, M;
+  Scratch(int64_t m, int64_t n, bool own_eigh)
+      : gram(gram_scratch(std::max(m, n), n, 1)), d(n), M(n * n) {
+    if (!own_eigh) return;
+    A.resize(n * n);
+    lam.resize(n);
+    Vt.resize(n * n);
+    eigh.resize(symmetric_eigh_work(n));
+  }
 };
 
-// From the eigen-decomposition of the scaled Gram matrix of matrix i (eigenvalues lam, eigenvectors as the rows of
-// Vt, which is overwritten): its n x n factor, with the scale 2^-e folded in where the result fits ApplyT (exact),
-// else left to the apply (pre = e: the blocks of G are scaled in cache).
+// From the eigen-decomposition of the scaled Gram matrix of one matrix (eigenvalues lam, eigenvectors as the rows
+// of Vt, which is overwritten): its n x n factor, with the scale 2^-e folded in where the result fits ApplyT
+// (exact), else left to the apply (pre = e: the blocks of G are scaled in cache). With threads > 1 (one matrix at
+// a time) the factor's Gram pass is split by rows among the threads (gram), else it runs on this thread (s.gram).
 template <typename ApplyT>
-void finish_factor(const double* lam, double* Vt, int64_t n, double rcond, int e, ApplyT* Ma, int* pre, Scratch& s) {
+void finish_factor(const double* lam, double* Vt, int64_t n, double rcond, int e, ApplyT* Ma, int* pre, Scratch& s,
+                   std::vector<std::vector<double>>& gram, int64_t threads) {
   inverse_sqrt_weights(lam, s.d.data(), n, rcond);
-  inverse_sqrt_factor(Vt, s.d.data(), n, s.M.data(), s.factor.data());
+  const int64_t k = scaled_kept_rows(Vt, s.d.data(), n);
+  const at::Tensor rows = at::from_blob(Vt, {k, n}, at::TensorOptions().dtype(at::kDouble));
+  gram_one(rows, s.M.data(), 0, threads > 1 ? gram : s.gram, threads);
   const bool fold = can_fold<ApplyT>(max_abs(s.M.data(), n * n), e);
   *pre = fold ? 0 : e;
   fold_scale<ApplyT>(s.M.data(), Ma, n * n, fold ? -e : 0);
@@ -92,12 +102,18 @@ template <typename ApplyT>
 void gram_eigh_batch(const at::Tensor& G, at::Tensor& O, double rcond) {
   const int64_t B = G.size(0), m = G.size(1), n = G.size(2);
   const int64_t threads = op_threads();
-  // Enough matrices to share among the threads: one matrix per task; else one matrix at a time with its Gram pass
-  // split by rows.
-  const bool across = B >= 2 * threads;
-  const int64_t gram_threads = across ? 1 : threads;
+  // A batch of at least as many matrices as threads is shared out one matrix per task; a smaller one is done one
+  // matrix at a time with the Gram passes split by rows among the threads.
   std::vector<Scratch> scratch;
-  for (int64_t t = 0; t < (across ? threads : 1); ++t) scratch.emplace_back(m, n, gram_threads);
+  for (int64_t t = 0; t < threads; ++t) scratch.emplace_back(m, n, n <= kOwnEighMaxN);
+  std::vector<std::vector<double>> rows_gram = gram_scratch(std::max(m, n), n, threads);
+  const auto run = [&](int64_t count, const std::function<void(int64_t, int64_t, int64_t)>& fn) {
+    if (threads > 1 && count >= threads) {
+      parallel_matrices(count, threads, [&](int64_t i, int64_t t) { fn(i, t, 1); });
+    } else {
+      for (int64_t i = 0; i < count; ++i) fn(i, 0, threads);
+    }
+  };
 
   at::Tensor Ma = at::empty({B, n, n}, G.options().dtype(c10::CppTypeToScalarType<ApplyT>::value));
   ApplyT* map = Ma.data_ptr<ApplyT>();
@@ -105,13 +121,14 @@ void gram_eigh_batch(const at::Tensor& G, at::Tensor& O, double rcond) {
   std::vector<int> pre(B, 0);
 
   if (n <= kOwnEighMaxN) {
-    parallel_matrices(B, across ? threads : 1, [&](int64_t i, int64_t t) {
+    run(B, [&](int64_t i, int64_t t, int64_t gt) {
       Scratch& s = scratch[t];
+      auto& gram = gt > 1 ? rows_gram : s.gram;
       const at::Tensor Gi = G.select(0, i);
-      gram_one(Gi, s.A.data(), 0, s.gram, gram_threads);
-      sc[i] = scale_gram_of(Gi, s.A.data(), s.gram, gram_threads);
+      gram_one(Gi, s.A.data(), 0, gram, gt);
+      sc[i] = scale_gram_of(Gi, s.A.data(), gram, gt);
       symmetric_eigh(s.A.data(), s.lam.data(), s.Vt.data(), n, s.eigh.data());
-      finish_factor<ApplyT>(s.lam.data(), s.Vt.data(), n, rcond, sc[i].e, map + i * n * n, &pre[i], s);
+      finish_factor<ApplyT>(s.lam.data(), s.Vt.data(), n, rcond, sc[i].e, map + i * n * n, &pre[i], s, rows_gram, gt);
     });
   } else {
     const int64_t group = std::max<int64_t>(1, kGroupBytes / (2 * n * n * int64_t(sizeof(double))));
@@ -119,18 +136,19 @@ void gram_eigh_batch(const at::Tensor& G, at::Tensor& O, double rcond) {
       const int64_t gc = std::min(group, B - g0);
       at::Tensor A = at::empty({gc, n, n}, G.options().dtype(at::kDouble));
       double* a = A.data_ptr<double>();
-      parallel_matrices(gc, across ? threads : 1, [&](int64_t i, int64_t t) {
+      run(gc, [&](int64_t i, int64_t t, int64_t gt) {
+        auto& gram = gt > 1 ? rows_gram : scratch[t].gram;
         const at::Tensor Gi = G.select(0, g0 + i);
-        gram_one(Gi, a + i * n * n, 0, scratch[t].gram, gram_threads);
-        sc[g0 + i] = scale_gram_of(Gi, a + i * n * n, scratch[t].gram, gram_threads);
+        gram_one(Gi, a + i * n * n, 0, gram, gt);
+        sc[g0 + i] = scale_gram_of(Gi, a + i * n * n, gram, gt);
       });
       auto [lam, W] = at::linalg_eigh(A);                // LAPACK, on its own threads
       at::Tensor Vt = W.transpose(1, 2).contiguous();  // (LAPACK's eigenvectors are column-major: no copy)
       const double* lp = lam.data_ptr<double>();
       double* vp = Vt.data_ptr<double>();
-      parallel_matrices(gc, across ? threads : 1, [&](int64_t i, int64_t t) {
+      run(gc, [&](int64_t i, int64_t t, int64_t gt) {
         finish_factor<ApplyT>(lp + i * n, vp + i * n * n, n, rcond, sc[g0 + i].e, map + (g0 + i) * n * n,
-                              &pre[g0 + i], scratch[t]);
+                              &pre[g0 + i], scratch[t], rows_gram, gt);
       });
     }
   }

@@ -33,16 +33,22 @@ inline int64_t inverse_sqrt_weights(const double* lam, double* d, int64_t n, dou
   return kept;
 }
 
-// M = Vt^T diag(d) Vt (n x n, both triangles) for d >= 0, as the Gram matrix of the rows sqrt(d_i) Vt_i with
-// d_i > 0: one triangle, only the kept eigenvectors, through the kernel of gram_kernel.h. work: gram_work(n, n).
-inline void inverse_sqrt_factor(double* Vt, const double* d, int64_t n, double* M, double* work) {
+// The rows sqrt(d_i) Vt_i with d_i > 0, moved to the front of Vt (n x n, overwritten); returns how many. Their
+// Gram matrix is M = Vt^T diag(d) Vt: one triangle, only the kept eigenvectors, through gram_kernel.h.
+inline int64_t scaled_kept_rows(double* Vt, const double* d, int64_t n) {
   int64_t k = 0;
-  for (int64_t i = 0; i < n; ++i) {  // the kept rows, scaled, moved to the front of Vt (which is not needed after)
+  for (int64_t i = 0; i < n; ++i) {
     if (!(d[i] > 0)) continue;
     const double w = std::sqrt(d[i]);
     for (int64_t j = 0; j < n; ++j) Vt[k * n + j] = w * Vt[i * n + j];
     ++k;
   }
+  return k;
+}
+
+// M = Vt^T diag(d) Vt (n x n, both triangles) for d >= 0; Vt is overwritten. work: gram_work(n, n).
+inline void inverse_sqrt_factor(double* Vt, const double* d, int64_t n, double* M, double* work) {
+  const int64_t k = scaled_kept_rows(Vt, d, n);
   gram_full<double>(Vt, k, n, n, 1, M, work);
 }
 
