@@ -131,10 +131,10 @@ def _triton_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.
 
 # Measured on the 2-core CPU (float32, one thread, paired CPU time; bench/RESULTS.md): the compiled gram_eigh (one
 # triangle of a float64 Gram matrix reading G once, its own eigensolver up to n = 128, the apply through sgemm) is
-# faster than the torch reference at every n tried, 1 to 1024 (nearly even only for square n = 1024, where LAPACK's
-# eigensolver dominates both); the compiled cholqr2 (no stored Q1, LAPACK for the small factorisations) likewise,
-# even at square n = 1024, where LAPACK's SVD of R dominates both. backend=None takes them at every n: None is no
-# limit.
+# faster than the torch reference at every n tried, 1 to 1024 (least for square n = 1024, where LAPACK's
+# eigensolver dominates both); the compiled cholqr2 (no stored Q1, LAPACK for the small factorisations) is faster
+# up to n = 512 and even with it at square n = 1024, where LAPACK's SVD of R dominates both. backend=None takes
+# them at every n: None is no limit.
 _CPP_GRAM_EIGH_MAX_N: Optional[int] = None
 _CPP_CHOLQR2_MAX_N: Optional[int] = None
 
