@@ -148,14 +148,17 @@ inline void gram_one(const at::Tensor& Gi, double* A, int e, std::vector<std::ve
       gram_full<scalar_t>(g, m, n, sr, sc, A, work[0].data(), e);
       return;
     }
-    const int64_t per = (m + threads - 1) / threads;
-    at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t r0 = std::min(m, t * per), rows = std::min(m, r0 + per) - r0;
-        double* acc = work[t].data() + gram_work(m, n);
-        std::fill(acc, acc + n * n, 0.0);
-        gram_add_upper<scalar_t>(g + r0 * sr, rows, n, sr, sc, acc, work[t].data(), e);
-      }
+    // Row ranges of several packed blocks each, taken by the threads from a shared counter (a thread the OS
+    // deschedules does not hold back a fixed half of the rows), summed into one accumulator per thread.
+    const int64_t per = std::max<int64_t>(gram_detail::block_rows(n), (m + 8 * threads - 1) / (8 * threads));
+    const int64_t ranges = (m + per - 1) / per;
+    for (int64_t t = 0; t < threads; ++t) {
+      double* acc = work[t].data() + gram_work(m, n);
+      std::fill(acc, acc + n * n, 0.0);
+    }
+    parallel_matrices(ranges, threads, [&](int64_t r, int64_t t) {
+      const int64_t r0 = r * per, rows = std::min(m, r0 + per) - r0;
+      gram_add_upper<scalar_t>(g + r0 * sr, rows, n, sr, sc, work[t].data() + gram_work(m, n), work[t].data(), e);
     });
     std::fill(A, A + n * n, 0.0);
     for (int64_t t = 0; t < threads; ++t) {
