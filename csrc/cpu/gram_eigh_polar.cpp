@@ -102,13 +102,16 @@ template <typename ApplyT>
 void gram_eigh_batch(const at::Tensor& G, at::Tensor& O, double rcond) {
   const int64_t B = G.size(0), m = G.size(1), n = G.size(2);
   const int64_t threads = op_threads();
-  // A batch of at least as many matrices as threads is shared out one matrix per task; a smaller one is done one
-  // matrix at a time with the Gram passes split by rows among the threads.
+  // Enough matrices are shared out one matrix per task (dynamic scheduling); fewer are done one matrix at a time
+  // with the Gram passes split by rows among the threads. "Enough": as many as threads where the torch-free
+  // eigensolver runs inside the task (it cannot be split), four per thread otherwise (a few large matrices, whose
+  // Gram passes split evenly by rows while whole matrices would not: three over two threads take two rounds).
   std::vector<Scratch> scratch;
   for (int64_t t = 0; t < threads; ++t) scratch.emplace_back(m, n, n <= kOwnEighMaxN);
   std::vector<std::vector<double>> rows_gram = gram_scratch(std::max(m, n), n, threads);
+  const int64_t enough = n <= kOwnEighMaxN ? threads : 4 * threads;
   const auto run = [&](int64_t count, const std::function<void(int64_t, int64_t, int64_t)>& fn) {
-    if (threads > 1 && count >= threads) {
+    if (threads > 1 && count >= enough) {
       parallel_matrices(count, threads, [&](int64_t i, int64_t t) { fn(i, t, 1); });
     } else {
       for (int64_t i = 0; i < count; ++i) fn(i, 0, threads);
