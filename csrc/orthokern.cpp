@@ -7,14 +7,13 @@
 #include "kernel_limits.h"
 
 TORCH_LIBRARY(orthokern, m) {
-  // Batched symmetric eigensolver (Jacobi) for (..., n, n): ascending eigenvalues and eigenvectors as columns,
-  // like torch.linalg.eigh (lower triangle read). float32/float64.
-  m.def("eigh_small(Tensor A) -> (Tensor eigenvalues, Tensor eigenvectors)");
-  // Fused Gram + eigh polar factor of (B, m, n); numerics of reference/gram_eigh.py
-  // (accurate: Gram and eigh in float64; fast: float32). Output in G's dtype; non-finite matrices -> NaN.
-  m.def("gram_eigh_polar(Tensor G, float rcond, bool accurate) -> Tensor");
-  // Shifted CholeskyQR2 (float64) + polar factor of the small R by one-sided Jacobi SVD, (B, m, n) with m >= n,
-  // numerics of reference/cholqr2.py.
+  // Polar factor of each matrix of (B, m, n) by a float64 Gram matrix and a float64 eigensolver, numerics of
+  // orthokern/reference/gram_eigh.py: singular values s_i >= rcond * s_max (and > 0) are kept, the others dropped.
+  // Any strides; the result is contiguous, in G's dtype (half precision computes in float32 and is stored once);
+  // a matrix holding NaN or Inf gives all NaN, a zero matrix zeros.
+  m.def("gram_eigh_polar(Tensor G, float rcond) -> Tensor");
+  // The same by shifted CholeskyQR2 in float64 and the SVD of the small R, (B, m, n) with m >= n, numerics of
+  // orthokern/reference/cholqr2.py.
   m.def("cholqr2_polar(Tensor G, float rcond) -> Tensor");
   // The n x n factor Q of newton_schulz on the Gram side (orthokern/reference/newton_schulz.py, gram_side_factor)
   // for a batch of float64 Gram matrices (B, n, n), n <= 64; coeffs = (a, b, c) per step, flattened. CUDA: one

@@ -84,7 +84,7 @@ def _batch_rule(n_outputs: int, min_ndim: int):
 _OP_RULES = {
     "gram_eigh_polar": (1, 3),
     "cholqr2_polar": (1, 3),
-    "eigh_small": (2, 3),
+    "gram_ns_factor": (1, 3),
     "triton_sym_gram": (1, 3),
     "triton_sym_poly": (1, 3),
     "triton_apply": (1, 3),

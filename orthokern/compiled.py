@@ -29,20 +29,8 @@ def _register_fakes() -> bool:
     if _env.EXTENSION is None:
         return False
 
-    @torch.library.register_fake("orthokern::eigh_small")
-    def _eigh_small_fake(A):
-        torch._check(
-            A.dim() >= 2 and A.shape[-1] == A.shape[-2],
-            lambda: f"eigh_small: A must be a batch of square matrices (..., n, n), got shape {tuple(A.shape)}",
-        )
-        torch._check(
-            A.dtype in (torch.float32, torch.float64),
-            lambda: f"eigh_small: A must be float32 or float64, got {A.dtype}",
-        )
-        return A.new_empty(A.shape[:-1]), A.new_empty(A.shape)
-
     @torch.library.register_fake("orthokern::gram_eigh_polar")
-    def _gram_eigh_polar_fake(G, rcond, accurate):
+    def _gram_eigh_polar_fake(G, rcond):
         _check_polar_input("gram_eigh_polar", G, rcond)
         return G.new_empty(G.shape)
 
@@ -69,19 +57,14 @@ REGISTERED = _register_fakes()
 
 
 def gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
-    """Fused Gram + eigh polar factor of a tall batch (one op call for the whole batch). ``mode`` does not change
-    it: the Gram matrix is always float64 (reference/gram_eigh.py says why)."""
-    return torch.ops.orthokern.gram_eigh_polar(G, float(rcond), True)
+    """Gram + eigh polar factor of a tall batch (one op call for the whole batch): float64 Gram matrix and
+    eigensolver whatever ``mode`` (a float32 Gram matrix cannot resolve singular values near rcond)."""
+    return torch.ops.orthokern.gram_eigh_polar(G, float(rcond))
 
 
 def cholqr2(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
-    """Shifted CholeskyQR2 in float64 + Jacobi SVD polar of R; ``mode`` does not change it (always accurate)."""
+    """Shifted CholeskyQR2 in float64 + the SVD of the small R; ``mode`` does not change it (always accurate)."""
     return torch.ops.orthokern.cholqr2_polar(G, float(rcond))
-
-
-def eigh_small(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched symmetric eigensolver (ascending eigenvalues, eigenvectors as columns), as torch.linalg.eigh."""
-    return torch.ops.orthokern.eigh_small(A)
 
 
 def gram_ns_factor(A: torch.Tensor, steps) -> torch.Tensor:

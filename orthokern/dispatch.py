@@ -178,25 +178,22 @@ def _torch_cholqr2(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
     return reference.polar_cholqr2(G, mode=mode, rcond=rcond, small_polar=small)
 
 
-# Measured on the 2-core CPU (float32, 1 thread; bench/RESULTS.md): the compiled gram_eigh loses to the torch
-# reference above n = 64 (its Gram and apply are row loops, the reference's are BLAS), the compiled cholqr2 from
-# n = 64 on (LAPACK's SVD of R beats its one-sided Jacobi).
-_CPP_GRAM_EIGH_MAX_N = 64
-_CPP_CHOLQR2_MAX_N = 63
-
+# The compiled CPU ops are preferred at every n. Measured on the 2-core CPU (float32, one thread, paired CPU time;
+# bench/RESULTS.md): the compiled gram_eigh (one triangle of a float64 Gram matrix reading G once, its own
+# eigensolver up to n = 128, the apply through sgemm) is faster than the torch reference at every n tried, 1 to 1024
+# (least for square n = 1024, where LAPACK's eigensolver dominates both); the compiled cholqr2 (no stored Q1, LAPACK
+# for the small factorisations) is faster up to n = 512 and even with it at square n = 1024.
 _IMPLS = (
     Impl("svd", "torch", reference.polar_svd, _always),
     Impl("gram_eigh", "torch", reference.polar_gram_eigh, _always),
-    Impl("gram_eigh", "cpp", compiled.gram_eigh, _cpp_why_not,
-         prefer=lambda G, mode: G.shape[-1] <= _CPP_GRAM_EIGH_MAX_N),
+    Impl("gram_eigh", "cpp", compiled.gram_eigh, _cpp_why_not),
     Impl("gram_eigh", "triton", _triton_gram_eigh, _triton_why_not),
     Impl("newton_schulz", "torch", _torch_newton_schulz, _always),
     Impl("newton_schulz", "triton", _triton_newton_schulz, _triton_why_not),
     Impl("newton_schulz", "cuda", _cuda_newton_schulz, _cuda_why_not,
          prefer=lambda G, mode: newton_schulz_side(*G.shape, mode, G.dtype, "cuda") == "gram"),
     Impl("cholqr2", "torch", _torch_cholqr2, _always),
-    Impl("cholqr2", "cpp", compiled.cholqr2, _cpp_why_not,
-         prefer=lambda G, mode: G.shape[-1] <= _CPP_CHOLQR2_MAX_N),
+    Impl("cholqr2", "cpp", compiled.cholqr2, _cpp_why_not),
 )
 TABLE: dict[tuple[str, str], Impl] = {(i.method, i.backend): i for i in _IMPLS}
 

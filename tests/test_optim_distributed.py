@@ -459,18 +459,18 @@ def check_ops_on_dtensor(rank, world, mesh, tmp):
 
     if "cpp" not in orthokern.available_backends("cpu"):
         return {"skipped": "the compiled extension is not built"}
-    assert {"gram_eigh_polar", "cholqr2_polar", "eigh_small"} <= set(odt.REGISTERED), odt.REGISTERED
+    assert {"gram_eigh_polar", "cholqr2_polar", "gram_ns_factor"} <= set(odt.REGISTERED), odt.REGISTERED
     G = random_matrix(4, 10, 6, "decaying", dtype=torch.float64, seed=4)
     for placements in ([Shard(0)], [Shard(1)]):
         D = distribute_tensor(G, mesh, placements)
-        torch.testing.assert_close(torch.ops.orthokern.gram_eigh_polar(D, 1e-3, True).full_tensor(),
-                                   torch.ops.orthokern.gram_eigh_polar(G, 1e-3, True), atol=0, rtol=0)
+        torch.testing.assert_close(torch.ops.orthokern.gram_eigh_polar(D, 1e-3).full_tensor(),
+                                   torch.ops.orthokern.gram_eigh_polar(G, 1e-3), atol=0, rtol=0)
         torch.testing.assert_close(torch.ops.orthokern.cholqr2_polar(D, 1e-3).full_tensor(),
                                    torch.ops.orthokern.cholqr2_polar(G, 1e-3), atol=0, rtol=0)
     A = G.mT @ G
-    lam, V = torch.ops.orthokern.eigh_small(distribute_tensor(A, mesh, [Shard(0)]))
-    lam0, V0 = torch.ops.orthokern.eigh_small(A)
-    assert torch.equal(lam.full_tensor(), lam0) and torch.equal(V.full_tensor(), V0)
+    coeffs = [1.5, -0.5, 0.0] * 3
+    Q = torch.ops.orthokern.gram_ns_factor(distribute_tensor(A, mesh, [Shard(0)]), coeffs)
+    assert torch.equal(Q.full_tensor(), torch.ops.orthokern.gram_ns_factor(A, coeffs))
     return {}
 
 
@@ -490,9 +490,9 @@ def check_triton_on_dtensor(rank, world, mesh, tmp):
     # Its eigensolver is torch.linalg.eigh: equal to rounding (see ROUNDING).
     assert_same(O.full_tensor(), orthokern.polar(G, backend="triton", method="gram_eigh"), False, "triton")
     A = torch.ops.orthokern.triton_sym_gram(distribute_tensor(G, mesh, [Shard(0)]), None, False, torch.float32, 1,
-                                            False)
+                                            "tf32x3")
     torch.testing.assert_close(A.full_tensor(), torch.ops.orthokern.triton_sym_gram(G, None, False, torch.float32,
-                                                                                      1, False), atol=0, rtol=0)
+                                                                                      1, "tf32x3"), atol=0, rtol=0)
     return {}
 
 
