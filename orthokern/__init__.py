@@ -13,4 +13,4 @@ from .optim import FastOrthogonalSGD
 _env.warn_if_no_extension()
 
 __all__ = ["polar", "FastOrthogonalSGD", "METHODS", "MODES", "BACKENDS", "DEFAULT_RCOND", "BackendUnavailable",
-           "available_backends", "info", "__version__"]
+           "available_backends", "info", "monitor", "nn", "optim", "__version__"]

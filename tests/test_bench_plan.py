@@ -55,7 +55,7 @@ def test_resnet50_step_compiles_a_bounded_number_of_kernels(rows):
 
 
 def test_fast_mode_runs_on_bfloat16_tensor_cores(rows):
-    for (name, dtype, mode), r in rows.items():
+    for (_, _, mode), r in rows.items():
         if mode == "fast" and "tc16" in r["flops_by_unit"]:
             return
     raise AssertionError("no fast-mode plan used the bfloat16 tensor cores")
