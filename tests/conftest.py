@@ -1,7 +1,7 @@
-import os
-
 import pytest
 import torch
+
+from orthokern import _env
 
 
 def pytest_collection_modifyitems(config, items):
@@ -13,7 +13,7 @@ def pytest_collection_modifyitems(config, items):
         have_triton = True
     except ImportError:
         have_triton = False
-    interp = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    interp = _env.interpreting()
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(no_cuda)

@@ -5,17 +5,16 @@ Triton is imported, hence on the command line); on a GPU they run natively.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from orthokern.testing import random_matrix
+from orthokern._env import interpreting
+from orthokern.testing import random_matrix, triton_device
 
 pytestmark = pytest.mark.triton_interpret
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
+INTERPRET = interpreting()
+DEVICE = triton_device()
 EPS = {torch.float32: 2.0**-24, torch.float64: 2.0**-53, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 # The interpreter has no bfloat16 arithmetic: bfloat16 kernels are covered by the GPU tests.
 HALF = [torch.float16] if DEVICE == "cpu" else [torch.float16, torch.bfloat16]
