@@ -206,7 +206,7 @@ def main(argv=None) -> list[dict]:
             f"thread per rank, load average {env['load_average_at_start']:.1f} -> {env['load_average_at_end']:.1f}",
             f"- command: `python bench/{env['command']}`",
             f"- {args.suite} weight gradients, {args.dtype}, method={args.method}; medians of {args.rounds} steps",
-            "", "```", table(rows), "```"])
+            "", table(rows)])
         update_results_md(args.results_md, _section("distributed-cpu", body))
         print(f"updated {args.results_md}")
     return rows

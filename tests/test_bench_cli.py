@@ -71,9 +71,9 @@ def test_default_entries_polar_g_once_and_backend_none(default_run):
         assert ours == {"svd", "gram_eigh/accurate", "gram_eigh/fast", "newton_schulz/accurate",
                         "newton_schulz/fast", "cholqr2"}
         assert all(r["backend"] is None for r in recs if r["kind"] != "peer")
-        # --quick leaves out the batched twin of torch's Muon iteration (named in --methods, it runs).
+        # On a CPU the benchmark leaves out the batched twin of torch's Muon iteration (named in --methods, it runs).
         tall = {"torch_svd_tall"} if shape == "2x24x8" else set()
-        expected_peers = set(peers.PEERS) - {cli.QUICK_SKIPS_PEER} - tall
+        expected_peers = set(peers.PEERS) - {cli.CPU_SKIPS_PEER} - tall
         assert {r["label"] for r in recs if r["kind"] == "peer"} == expected_peers
         polar = next(r for r in recs if r["label"] == "polar(G)")
         assert polar["ran_on"] == "gram_eigh/" + dispatch.resolve("gram_eigh", None, torch.zeros(1, 24, 8)).backend

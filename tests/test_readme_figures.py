@@ -46,3 +46,17 @@ def test_readme_figures_exist():
     readme = (ROOT / "README.md").read_text()
     for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme):
         assert (ROOT / path).is_file(), path
+
+
+def test_readme_quotes_the_measured_distributed_table():
+    """README's "Distributed training" quotes the table that ``bench/bench_distributed.py --results-md`` wrote."""
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    section = re.search(r"<!-- BEGIN distributed-cpu -->\n(.*?)<!-- END distributed-cpu -->", results, re.S)
+    assert section, "bench/RESULTS.md has no distributed-cpu section (python bench/bench_distributed.py --results-md)"
+    table = "".join(line + "\n" for line in section.group(1).splitlines() if line.startswith("|"))
+    assert table.count("\n") > 2, "the distributed-cpu section has no table rows"
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- generated: bench/RESULTS\.md, section distributed-cpu -->\n(.*?)<!-- end generated -->",
+                      readme, re.S)
+    assert block, "README.md does not quote the distributed-cpu table"
+    assert block.group(1) == table, "README.md's distributed table differs from bench/RESULTS.md"

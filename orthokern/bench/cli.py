@@ -49,9 +49,10 @@ from .plot import plot_speedup_vs_error
 from .timing import cpu_threads, machine_load, usable_cores
 
 PLOT_FILE = "speedup_vs_error.png"
-# --quick leaves out the batched reimplementation of Muon's iteration (torch's own muon_ns5 stays): its bfloat16
-# matmuls are tens of times slower than float32 on CPUs without bfloat16 units and took most of each round.
-QUICK_SKIPS_PEER = "muon_ns5_batched"
+# On a CPU the batched reimplementation of Muon's iteration is left out unless --methods names it (torch's own
+# muon_ns5 stays): its bfloat16 matmuls are tens of times slower than float32 on CPUs without bfloat16 units; they
+# took most of each round at the reduced sizes, and a --full CPU run did not finish in 30 minutes.
+CPU_SKIPS_PEER = "muon_ns5_batched"
 
 
 def _csv(text: Optional[str]) -> Optional[list[str]]:
@@ -85,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default: {','.join(suites.DEFAULT_SPECTRA)}; with --quick: {','.join(suites.QUICK_SPECTRA)})")
     p.add_argument("--methods", default=None,
                    help="comma-separated orthokern methods ('auto' is polar(G)) and peers (default: all of "
-                   f"{', '.join(orthokern.METHODS)}, {', '.join(runner.PEERS)}; with --quick without "
-                   f"{QUICK_SKIPS_PEER}, the same arithmetic as muon_ns5)")
+                   f"{', '.join(orthokern.METHODS)}, {', '.join(runner.PEERS)}; on a CPU without "
+                   f"{CPU_SKIPS_PEER}, the same arithmetic as muon_ns5)")
     p.add_argument("--backends", default=None,
                    help="backends to run the non-auto methods on: comma-separated names, or 'all' (every available "
                    "one; Triton on a CPU only when named). Default: backend=None, the best available")
@@ -201,8 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("note: on a CPU the suites run at reduced sizes (--quick); --full runs the design's sizes",
                   file=sys.stderr)
         args.quick = True
-    if args.quick and not args.methods:
-        peers = [p for p in peers if p != QUICK_SKIPS_PEER]
+    if device.type == "cpu" and not args.methods:
+        peers = [p for p in peers if p != CPU_SKIPS_PEER]
     os.makedirs(args.out, exist_ok=True)
     # The load before this process does any work: what the other processes use.
     load_start, cores = machine_load(), usable_cores()

@@ -321,6 +321,10 @@ def _section(kind: str, body: str) -> str:
     return f"<!-- BEGIN {kind} -->\n{body.rstrip()}\n<!-- END {kind} -->"
 
 
+def _load(value: Optional[float]) -> str:
+    return "unknown" if value is None else f"{value:.2f}"
+
+
 def results_section(meta: dict, records, skipped, violations, rates: Optional[dict]) -> str:
     title = "GPU" if meta["device_type"] == "cuda" else "CPU"
     lines = [
@@ -334,7 +338,7 @@ def results_section(meta: dict, records, skipped, violations, rates: Optional[di
     ]
     if title == "CPU":
         lines.append(f"- {meta['cores']} cores, {meta['threads']} torch threads, 1-minute load average at start "
-                     f"{meta['load_start']}, highest between cases {meta['load_max']}")
+                     f"{_load(meta.get('load_start'))}, highest between cases {_load(meta.get('load_max'))}")
         lines += [f"- {w}" for w in busy_warnings(meta)]
     if rates:
         mm = ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in rates["matmul_TFLOPs"].items())
