@@ -265,10 +265,11 @@ def format_plan(rows: Sequence[dict], device: _cost.DeviceModel) -> str:
            f"Modelled time = sum over launches of max(bytes / (bandwidth x {device.efficiency}), FLOPs / (peak x "
            f"{device.efficiency})) + launches x {device.launch_s * 1e6:.1f} us (eager) or "
            f"{device.graph_launch_s * 1e6:.1f} us (CUDA graph): an estimate.",
-           f"Floor = max(input read + output written once at {device.bandwidth / 1e12:.2f} TB/s, FLOPs at peak).",
+           f"Floor = max(memory floor, FLOPs at peak); memory floor = input read + output written once at "
+           f"{device.bandwidth / 1e12:.2f} TB/s; '/ mem floor' = the graph-captured time over the memory floor.",
            ""]
     head = (f"{'case':44s} {'dtype':8s} {'mode':8s} {'launches':>8s} {'syncs':>5s} {'eig loops':>9s} "
-            f"{'compiles':>9s} {'floor':>10s} {'modelled':>10s} {'graph':>10s} {'x floor':>7s}  FLOPs by unit")
+            f"{'compiles':>9s} {'floor':>10s} {'modelled':>10s} {'graph':>10s} {'/ mem floor':>11s}  FLOPs by unit")
     out.append(head)
     out.append("-" * len(head))
     for r in rows:
@@ -276,7 +277,7 @@ def format_plan(rows: Sequence[dict], device: _cost.DeviceModel) -> str:
         out.append(f"{r['case'][:44]:44s} {r['dtype']:8s} {r['mode']:8s} {r['launches']:8d} {r['host_syncs']:5d} "
                    f"{r['per_matrix_eigensolver_loops']:9d} {r['kernels_compiled']:9d} {_fmt_s(r['floor_s']):>10s} "
                    f"{_fmt_s(r['modelled_s']):>10s} {_fmt_s(r['modelled_graph_s']):>10s} "
-                   f"{r['modelled_graph_s'] / r['memory_floor_s']:7.1f}  {units}")
+                   f"{r['modelled_graph_s'] / r['memory_floor_s']:11.1f}  {units}")
         if r["share_of_resnet50_train_step"] is not None:
             share = 100 * r["share_of_resnet50_train_step"]
             out.append(f"   the whole optimiser step, graph-captured: {share:.1f} % of a "
