@@ -19,6 +19,9 @@ TORCH_LIBRARY(orthokern, m) {
   // for a batch of float64 Gram matrices (B, n, n), n <= 64; coeffs = (a, b, c) per step, flattened. CUDA: one
   // thread block per matrix, one launch. CPU: the kernel's twin, for tests.
   m.def("gram_ns_factor(Tensor A, float[] coeffs) -> Tensor");
+  // The largest column norm of each matrix of O (B, m, n), any strides: (B,) in float64 for float64 O, else float32;
+  // NaN where the matrix holds a NaN. The breakdown guard of auto on the CPU (orthokern/dispatch.py, broken).
+  m.def("column_norm_max(Tensor O) -> Tensor");
 }
 
 #ifdef ORTHOKERN_WITH_CUDA

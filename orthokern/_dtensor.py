@@ -85,6 +85,7 @@ _OP_RULES = {
     "gram_eigh_polar": (1, 3),
     "cholqr2_polar": (1, 3),
     "gram_ns_factor": (1, 3),
+    "column_norm_max": (1, 3),
     "triton_sym_gram": (1, 3),
     "triton_sym_poly": (1, 3),
     "triton_apply": (1, 3),

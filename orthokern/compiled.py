@@ -50,6 +50,14 @@ def _register_fakes() -> bool:
         torch._check(len(coeffs) % 3 == 0, lambda: "gram_ns_factor: coeffs must hold (a, b, c) per step")
         return torch.empty_like(A, memory_format=torch.contiguous_format)
 
+    @torch.library.register_fake("orthokern::column_norm_max")
+    def _column_norm_max_fake(O):
+        torch._check(O.dim() == 3, lambda: f"column_norm_max: O must be a batch of matrices (B, m, n), got shape "
+                                           f"{tuple(O.shape)}")
+        torch._check(O.dtype in _FLOAT_DTYPES,
+                     lambda: f"column_norm_max: O must be float64, float32, bfloat16 or float16, got {O.dtype}")
+        return O.new_empty(O.shape[0], dtype=torch.float64 if O.dtype == torch.float64 else torch.float32)
+
     return True
 
 
@@ -71,6 +79,12 @@ def gram_ns_factor(A: torch.Tensor, steps) -> torch.Tensor:
     """The Gram-side Newton–Schulz factor Q (B, n, n) of float64 Gram matrices A for the schedule ``steps``
     (``orthokern.ns_schedule.Step`` tuples): the fused kernel of ``csrc/gram_ns_factor.h``, n <= 64."""
     return torch.ops.orthokern.gram_ns_factor(A, [float(v) for s in steps for v in s[:3]])
+
+
+def column_norm_max(O: torch.Tensor) -> torch.Tensor:
+    """(B,) the largest column norm of each matrix of O (B, m, n) on the CPU, in one pass over O (float64 for
+    float64 O, else float32; NaN where the matrix holds a NaN): ``csrc/cpu/column_norm_max.cpp``."""
+    return torch.ops.orthokern.column_norm_max(O)
 
 
 def _gram_ns_factor_cost(args, kwargs, out):

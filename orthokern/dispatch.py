@@ -260,8 +260,9 @@ def choose_method(m: int, n: int, device_type: str, mode: str, rcond: float = 1e
 
 # Breakdown guard of auto (eager, CPU): every column of O must have norm <= 1 + slack, since a column norm bounds
 # ||O||_2 from below (a direction amplified past the orthonormal bound shows in the columns it maps to), and the
-# result must be finite for finite input. One reduction over O; a broken matrix (never seen on any input tried: the
-# floors keep every method bounded) is recomputed with cholqr2. On a GPU reading the verdict would synchronise with
+# result must be finite for finite input. One reduction over O (the compiled column_norm_max streams O once; torch's
+# vector_norm over dim -2 took several times longer); a broken matrix (never seen on any input tried: the floors
+# keep every method bounded) is recomputed with cholqr2. On a GPU reading the verdict would synchronise with
 # the device, so there the guard does not run; the GPU methods are bounded by construction (polynomial iterations
 # map [0, 1] into [0, 1 + tol]).
 _GUARD_SLACK = 1e-2
@@ -269,7 +270,10 @@ _GUARD_SLACK = 1e-2
 
 def broken(G: torch.Tensor, O: torch.Tensor) -> torch.Tensor:
     """(B,) bool: matrices whose result shows a breakdown (a column longer than 1 + slack, or NaN from finite G)."""
-    col = torch.linalg.vector_norm(O, dim=-2, dtype=compute_dtype(O.dtype)).amax(-1)
+    if O.device.type == "cpu" and compiled.REGISTERED:
+        col = compiled.column_norm_max(O)
+    else:
+        col = torch.linalg.vector_norm(O, dim=-2, dtype=compute_dtype(O.dtype)).amax(-1)
     suspect = ~(col <= 1.0 + _GUARD_SLACK)  # NaN compares False: caught here
     if bool(suspect.any()):
         suspect &= torch.isfinite(G).flatten(1).all(-1)

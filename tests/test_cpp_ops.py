@@ -292,8 +292,63 @@ def test_polar_backend_cpp_agrees_with_torch_reference(method):
 
 @pytest.mark.parametrize("n", [1, 64, 65, 300])
 def test_cpu_prefers_the_compiled_ops_at_every_n(n):
-    # Measured faster than the torch references at every n (csrc/cpu, bench/RESULTS.md; the reasons are beside
-    # _CPP_GRAM_EIGH_MAX_N and _CPP_CHOLQR2_MAX_N in orthokern/dispatch.py).
+    # Measured faster than the torch references at every n (csrc/cpu, bench/RESULTS.md; the measurement is
+    # summarised above _IMPLS in orthokern/dispatch.py).
     G = torch.empty(2, n + 8, n)
     assert dispatch.resolve("gram_eigh", None, G).backend == "cpp"
     assert dispatch.resolve("cholqr2", None, G).backend == "cpp"
+
+
+# ------------------------------------------------------------------------- column_norm_max (auto's guard)
+def _column_norm_max_reference(O: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(O.to(torch.float64), dim=-2).amax(-1)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "column-major", "sliced"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_column_norm_max_matches_its_formula(dtype, layout):
+    O = orthokern.polar(random_matrix(5, 70, 23, "decaying", dtype=torch.float64, seed=seed_of("cnm", layout)))
+    O = (O * torch.linspace(0.5, 1.5, 23, dtype=torch.float64)).to(dtype)  # columns of different norms
+    if layout == "column-major":
+        O = O.mT.contiguous().mT
+    elif layout == "sliced":
+        O = torch.cat([O, O], dim=-1)[..., ::2]
+    got = compiled.column_norm_max(O)
+    assert got.shape == (5,) and got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got.to(torch.float64), _column_norm_max_reference(O), rtol=tol, atol=0)
+
+
+def test_column_norm_max_flags_nan_inf_and_overflow():
+    O = torch.rand(4, 30, 6)
+    O[1, 7, 2] = float("nan")
+    O[2, 0, 5] = float("inf")
+    O[3, :, 1] = 3e19  # its square overflows float32: Inf, which the guard flags as it should
+    got = compiled.column_norm_max(O)
+    assert math.isfinite(got[0].item()) and got[0] > 0
+    assert math.isnan(got[1].item())
+    assert got[2].item() == math.inf and got[3].item() == math.inf
+
+
+def test_column_norm_max_empty_and_errors():
+    assert compiled.column_norm_max(torch.empty(0, 3, 2)).shape == (0,)
+    assert compiled.column_norm_max(torch.empty(2, 0, 3)).tolist() == [0.0, 0.0]
+    with pytest.raises(RuntimeError, match=r"column_norm_max: O must be a batch of matrices \(B, m, n\)"):
+        compiled.column_norm_max(torch.ones(3, 4))
+    with pytest.raises(RuntimeError, match="column_norm_max: O must be float64, float32, bfloat16 or float16"):
+        compiled.column_norm_max(torch.ones(1, 3, 4, dtype=torch.int32))
+
+
+@pytest.mark.filterwarnings("ignore:.*autograd kernel was not registered")
+def test_column_norm_max_opcheck():
+    for O in _samples():
+        torch.library.opcheck(torch.ops.orthokern.column_norm_max.default, (O.detach(),))
+
+
+def test_auto_guard_uses_the_compiled_reduction(monkeypatch):
+    calls = []
+    real = compiled.column_norm_max
+    monkeypatch.setattr(compiled, "column_norm_max", lambda O: calls.append(O.shape) or real(O))
+    G = random_matrix(3, 40, 12, "decaying", dtype=torch.float32, seed=18)
+    orthokern.polar(G)
+    assert calls == [(3, 40, 12)]

@@ -1,5 +1,5 @@
 // Registration of the CPU kernels of the orthokern ops (schemas in csrc/orthokern.cpp) and their argument checks;
-// the kernels are in gram_eigh_polar.cpp and cholqr2_polar.cpp.
+// the kernels are in gram_eigh_polar.cpp, cholqr2_polar.cpp and column_norm_max.cpp.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -32,11 +32,22 @@ at::Tensor cholqr2_polar_cpu(const at::Tensor& G, double rcond) {
   return cpu::cholqr2_polar(G, rcond);
 }
 
+at::Tensor column_norm_max_cpu(const at::Tensor& O) {
+  TORCH_CHECK(O.dim() == 3, "column_norm_max: O must be a batch of matrices (B, m, n), got shape ", O.sizes());
+  const auto dt = O.scalar_type();
+  TORCH_CHECK(dt == at::kDouble || dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
+              "column_norm_max: O must be float64, float32, bfloat16 or float16, got ", dt);
+  TORCH_CHECK(O.device().is_cpu(), "column_norm_max: the CPU kernel got O on ", O.device());
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return cpu::column_norm_max(O);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(orthokern, CPU, m) {
   m.impl("gram_eigh_polar", &gram_eigh_polar_cpu);
   m.impl("cholqr2_polar", &cholqr2_polar_cpu);
+  m.impl("column_norm_max", &column_norm_max_cpu);
 }
 
 }  // namespace orthokern

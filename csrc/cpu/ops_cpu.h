@@ -10,6 +10,8 @@ namespace cpu {
 
 at::Tensor gram_eigh_polar(const at::Tensor& G, double rcond);  // gram_eigh_polar.cpp
 at::Tensor cholqr2_polar(const at::Tensor& G, double rcond);     // cholqr2_polar.cpp
+// The largest column norm of each matrix of O (B, m, n), float64 for float64 O, else float32 (column_norm_max.cpp).
+at::Tensor column_norm_max(const at::Tensor& O);
 
 }  // namespace cpu
 }  // namespace orthokern
