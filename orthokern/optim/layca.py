@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .finite import check_params_finite
+
 __all__ = ["Layca", "LAYCA_SELECTIONS"]
 
 LAYCA_SELECTIONS = ("auto", True, False)
@@ -125,22 +127,6 @@ class Layca(torch.optim.Optimizer):
         for (_, p), n in zip(chosen, norms):
             self._initial_norms[p] = n
 
-    def _check_finite(self) -> None:
-        names, flags = [], []
-        for gi, group in enumerate(self.param_groups):
-            for i, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                names.append(f"group {gi} #{i} {tuple(p.shape)}")
-                g = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
-                flags.append(torch.isfinite(g).all() & torch.isfinite(p).all())
-        if flags:
-            ok = torch.stack([f.to(flags[0].device) for f in flags]).tolist()
-            bad = [n for n, good in zip(names, ok) if not good]
-            if bad:
-                raise FloatingPointError(f"Layca: parameters {bad} or their gradients hold NaN or Inf; no parameter "
-                                         "was changed (check_finite=True)")
-
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):
         """The base optimiser's step, then the rotation control of every selected layer that has a gradient."""
@@ -149,7 +135,7 @@ class Layca(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         if self.check_finite:
-            self._check_finite()
+            check_params_finite(self, "Layca")
         rotated = [(p, group["lr"]) for group in self.param_groups for p in group["params"]
                    if p.grad is not None and self._selected(group, p)]
         before = [p.detach().clone() for p, _ in rotated]

@@ -28,6 +28,7 @@ import torch
 
 from .._polar import check_options
 from .batched import polar_by_shape
+from .finite import check_params_finite
 
 __all__ = ["StiefelSGD", "tangent_projection", "project_parameters_", "check_gain", "STIEFEL_SELECTIONS"]
 
@@ -193,23 +194,6 @@ class StiefelSGD(torch.optim.Optimizer):
             return p.dim() >= 2
         return bool(rule)
 
-    def _check_finite(self) -> None:
-        names, flags = [], []
-        for gi, group in enumerate(self.param_groups):
-            for i, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                names.append(f"group {gi} #{i} {tuple(p.shape)}")
-                flags.append(torch.isfinite(p.grad).all() & torch.isfinite(p).all())
-        if not flags:
-            return
-        device = flags[0].device
-        ok = torch.stack([f.to(device) for f in flags]).tolist()
-        bad = [n for n, good in zip(names, ok) if not good]
-        if bad:
-            raise FloatingPointError(f"StiefelSGD: parameters {bad} or their gradients hold NaN or Inf; no "
-                                     "parameter was changed (check_finite=True)")
-
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):
         """One step; ``closure`` (optional) re-evaluates the model and returns the loss."""
@@ -218,7 +202,7 @@ class StiefelSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         if self.check_finite:
-            self._check_finite()
+            check_params_finite(self, "StiefelSGD")
         retract: list[tuple[torch.Tensor, float, torch.Tensor]] = []
         for group in self.param_groups:
             on, off = [], []
