@@ -42,10 +42,11 @@ import triton  # noqa: E402
 from orthokern.dispatch import _load_triton_kernels  # noqa: E402
 
 _load_triton_kernels()
-from orthokern.triton_kernels import _common, _configs, gram, poly, tall_apply  # noqa: E402
+from orthokern.triton_kernels import _common, _configs, gram, poly, prologue, tall_apply  # noqa: E402
 
 MAX_SHARED = {90: 232448, 80: 166912, 89: 101376, 100: 232448}  # bytes per block (opt-in maximum)
-DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
+DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16",
+          torch.bool: "i1"}
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
 
 
@@ -97,6 +98,22 @@ def op_calls(quick: bool):
                             for call in tall_apply.plan(G, _meta(2, n, n, dtype=md), sc, _meta(2, m, n, dtype=gd),
                                                         alpha, 1.0, prec):
                                 yield label, call
+        # the prologue kernels (no dots, not tuned): the Gram-side scaling, the first factor by (A, result) dtype
+        A64 = _meta(2, n, n, dtype=F64)
+        for call in prologue.gram_scale_plan(A64, A64, _meta(2, dtype=F64), _meta(2, dtype=torch.bool)):
+            yield "prologue gram_scale", call
+        for ad, od in ((F32, F32), (F32, BF16), (F64, F64)):
+            A = _meta(2, n, n, dtype=ad)
+            for call in prologue.first_factor_plan(A, A, _meta(2, dtype=ad), _meta(2, n, n, dtype=od), 8.2, -22.5,
+                                                   15.9):
+                yield f"prologue first_factor A={DTYPES[ad]} out={DTYPES[od]}", call
+    # pow2_scale: amax in G's dtype -> the compute dtype's scale (no n)
+    for gd in (F32, F64) + half:
+        cd = F64 if gd == F64 else F32
+        e_lo, e_hi = (-1021, 1024) if cd == F64 else (-125, 128)
+        for call in prologue.pow2_scale_plan(_meta(2, dtype=gd), _meta(2, dtype=cd), _meta(2, dtype=torch.bool), e_lo,
+                                             e_hi):
+            yield f"prologue pow2_scale amax={DTYPES[gd]}", call
 
 
 QUICK = [  # a subset for the test: one op per dot lowering (tf32x3, dmma from 16-bit loads, fma, bf16)
@@ -117,11 +134,11 @@ def jobs(quick: bool, only: str | None = None):
             continue
         if quick:
             # the largest n class, the first argument combination of each listed op
-            if label not in QUICK or call.args["N"] != 512 or (label, call.name) in seen_quick:
+            if label not in QUICK or call.args.get("N") != 512 or (label, call.name) in seen_quick:
                 continue
             seen_quick.add((label, call.name))
         family = _configs.family_of(call.kernel)
-        n = call.args["N"]
+        n = call.args.get("N", 16)
         if family is None:
             configs = [None]  # the split reduction: one fixed block size in call.meta
         else:
@@ -179,7 +196,10 @@ def _jit_fn(kernel):
 
 
 KERNELS = {"gram._gram_kernel": gram._gram_kernel, "gram._reduce_splits_kernel": gram._reduce_splits_kernel,
-           "poly._sym_poly_kernel": poly._sym_poly_kernel, "tall_apply._apply_kernel": tall_apply._apply_kernel}
+           "poly._sym_poly_kernel": poly._sym_poly_kernel, "tall_apply._apply_kernel": tall_apply._apply_kernel,
+           "prologue._pow2_scale_kernel": prologue._pow2_scale_kernel,
+           "prologue._gram_scale_kernel": prologue._gram_scale_kernel,
+           "prologue._first_factor_kernel": prologue._first_factor_kernel}
 
 
 # ---------------------------------------------------------------- compile and read
@@ -229,8 +249,8 @@ def lowering(ptx: str) -> str:
 
 def expected_lowering(row: dict) -> str | None:
     """What the dots of a kernel must lower to, from its operand class (None: a kernel without dots)."""
-    if row["kernel"] == "gram._reduce_splits_kernel":
-        return None
+    if row["kernel"] == "gram._reduce_splits_kernel" or row["kernel"].startswith("prologue."):
+        return None  # no dots
     meta = row["meta"]
     if meta.get("ACC_F64"):
         return "dmma"

@@ -142,7 +142,7 @@ def _triton_gram_eigh(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tens
 
 
 def _gram_side_factor(A: torch.Tensor, steps) -> torch.Tensor:
-    return reference.newton_schulz.gram_side_factor(A, steps)
+    return triton_polar().gram_side_factor(A, steps)
 
 
 def _triton_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:

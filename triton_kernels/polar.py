@@ -23,8 +23,9 @@ from typing import Callable
 import torch
 
 from .. import ns_schedule as ns
+from ..reference.newton_schulz import gram_side_factor as _gram_side_factor
 from ..reference.newton_schulz import low_precision_dtype
-from ..reference.scaling import compute_dtype, per_matrix, scale_and_finite, significant
+from ..reference.scaling import compute_dtype, per_matrix, significant
 from ._common import ACCURATE  # the precision of float32 dots: float32 accuracy on tensor cores
 from .newton_schulz import ns_step
 
@@ -45,20 +46,33 @@ def _ops():
     return torch.ops.orthokern
 
 
+def scale_and_finite(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reference.scaling.scale_and_finite`` in two launches: the amax reduction and the prologue kernel."""
+    amax = torch.linalg.vector_norm(G, float("inf"), dim=(-2, -1))
+    return _ops().triton_pow2_scale(amax, compute_dtype(G.dtype))
+
+
 def scaled_gram64(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(A, finite, scale): A = (s G)^T (s G) in float64 with max |s G| about 1, the finite flags, and s (B,) in
-    float64, a power of two."""
+    """(A, finite, scale): A = (s G)^T (s G) in float64 with max |s G| about 1 (zero where G is not finite), the
+    finite flags, and s (B,) in float64, a power of two."""
     if G.dtype == torch.float64:
         scale, finite = scale_and_finite(G)
         A = _ops().triton_sym_gram(G, scale, True, torch.float64, 0, ACCURATE)
-    else:
-        A = _ops().triton_sym_gram(G, None, True, torch.float64, 0, ACCURATE)
-        trace = torch.diagonal(A, dim1=-2, dim2=-1).sum(-1)
-        finite = torch.isfinite(trace)
-        e = torch.frexp(torch.where(finite, trace, 0.0).sqrt())[1]
-        scale = torch.ldexp(torch.ones_like(trace), -e.to(torch.float64))
-        A = A * per_matrix(scale * scale)
-    return torch.where(per_matrix(finite), A, 0.0), finite, scale
+        return torch.where(per_matrix(finite), A, 0.0), finite, scale
+    A, scale, finite = _ops().triton_gram_scale(_ops().triton_sym_gram(G, None, True, torch.float64, 0, ACCURATE))
+    return A, finite, scale
+
+
+def first_factor(A: torch.Tensor, A2: torch.Tensor, step: ns.Step, *, out_dtype: torch.dtype | None = None
+                 ) -> torch.Tensor:
+    """``reference.newton_schulz.first_factor`` in two launches: the norm of A2 and the prologue kernel."""
+    return _ops().triton_first_factor(A, A2, torch.linalg.matrix_norm(A2), step.a, step.b, step.c,
+                                      out_dtype or A.dtype)
+
+
+def gram_side_factor(A: torch.Tensor, steps: tuple) -> torch.Tensor:
+    """The Gram side's n x n factor as batched float64 matmuls, its first step through the prologue kernel."""
+    return _gram_side_factor(A, steps, first=first_factor)
 
 
 def _nan_where_not(finite: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
@@ -125,15 +139,10 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tenso
     dts = [low if s.precision == "low" else high for s in steps] + [high]
 
     # Step 0's Gram in the compute dtype (its normalisation needs the weak directions' scale, not bfloat16's), then
-    # P_0 on the n x n side.
+    # P_0 / t on the n x n side.
     A = ops.triton_sym_gram(G, scale, high == torch.float64, high, 0, ACCURATE)
-    A2 = ops.triton_sym_poly(A, 0.0, 1.0, ACCURATE)
-    t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
-    t = per_matrix(torch.where(t > 0, t, torch.ones_like(t)))
-    s0 = steps[0]
-    P0 = (s0.b / t**2) * A + (s0.c / t**4) * A2
-    P0.diagonal(dim1=-2, dim2=-1).add_(s0.a)
-    X = ops.triton_apply(G, (P0 / t).to(dts[0]), scale, 0.0, 1.0, dts[1], ACCURATE)
+    P0 = first_factor(A, ops.triton_sym_poly(A, 0.0, 1.0, ACCURATE), steps[0], out_dtype=dts[0])
+    X = ops.triton_apply(G, P0, scale, 0.0, 1.0, dts[1], ACCURATE)
     for i in range(1, len(steps)):
         step = steps[i]
         X = ns_step(X, step.a, step.b, step.c, out_dtype=dts[i + 1])

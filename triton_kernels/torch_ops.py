@@ -26,6 +26,7 @@ from .._env import interpreting
 from . import _configs
 from . import gram as _gram
 from . import poly as _poly
+from . import prologue as _prologue
 from . import tall_apply as _apply
 from ._common import KernelCall
 
@@ -137,3 +138,61 @@ def apply_cost(args, kwargs, out) -> list[Launch]:
     sc = _meta((B,), torch.float32) if scale is not None else None
     return launches(_apply.plan(G, _meta(Mat.shape, Mat.dtype), sc, _meta(G.shape, out_dtype), alpha, beta,
                                 precision))
+
+
+# ---------------------------------------------------------------- the prologue: per-matrix scalars, one launch each
+@_op("orthokern::triton_pow2_scale")
+def pow2_scale(amax: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return _prologue.pow2_scale(amax, out_dtype, launch=_launcher())
+
+
+@_fake(pow2_scale)
+def _(amax, out_dtype):
+    torch._check(amax.dim() == 1, lambda: "triton_pow2_scale: amax must be (B,)")
+    return amax.new_empty(amax.shape, dtype=out_dtype), amax.new_empty(amax.shape, dtype=torch.bool)
+
+
+@register_cost("orthokern.triton_pow2_scale.default")
+def pow2_scale_cost(args, kwargs, out) -> list[Launch]:
+    amax, out_dtype = args
+    return launches(_prologue.pow2_scale_plan(amax, _meta(amax.shape, out_dtype), _meta(amax.shape, torch.bool),
+                                                0, 0))
+
+
+@_op("orthokern::triton_gram_scale")
+def gram_scale(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _prologue.gram_scale(A, launch=_launcher())
+
+
+@_fake(gram_scale)
+def _(A):
+    torch._check(A.dim() == 3 and A.shape[1] == A.shape[2], lambda: "triton_gram_scale: A must be (B, n, n)")
+    B = A.shape[0]
+    return (torch.empty_like(A, memory_format=torch.contiguous_format), A.new_empty((B,), dtype=torch.float64),
+            A.new_empty((B,), dtype=torch.bool))
+
+
+@register_cost("orthokern.triton_gram_scale.default")
+def gram_scale_cost(args, kwargs, out) -> list[Launch]:
+    (A,) = args
+    B = A.shape[0]
+    return launches(_prologue.gram_scale_plan(A, _meta(A.shape, A.dtype), _meta((B,), torch.float64),
+                                              _meta((B,), torch.bool)))
+
+
+@_op("orthokern::triton_first_factor")
+def first_factor(A: torch.Tensor, A2: torch.Tensor, norm: torch.Tensor, a: float, b: float, c: float,
+                 out_dtype: torch.dtype) -> torch.Tensor:
+    return _prologue.first_factor(A, A2, norm, a, b, c, out_dtype, launch=_launcher())
+
+
+@_fake(first_factor)
+def _(A, A2, norm, a, b, c, out_dtype):
+    torch._check(A.dim() == 3 and A.shape[1] == A.shape[2], lambda: "triton_first_factor: A must be (B, n, n)")
+    return A.new_empty(A.shape, dtype=out_dtype)
+
+
+@register_cost("orthokern.triton_first_factor.default")
+def first_factor_cost(args, kwargs, out) -> list[Launch]:
+    A, A2, norm, a, b, c, out_dtype = args
+    return launches(_prologue.first_factor_plan(A, A2, norm, _meta(A.shape, out_dtype), a, b, c))

@@ -12,6 +12,8 @@ propagate through the products by themselves, so a non-finite matrix gives an al
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .. import ns_schedule as ns
@@ -39,12 +41,8 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
     low = low_precision_dtype(G) if mode == "fast" else high
     steps = ns.steps_for(mode, rcond, X.shape[-1], high)
 
-    # Normalisation X0 = X / t with t = 1.01 ||A^2||_F^{1/4} (see ns_schedule.NORM_SAFETY), from step 0's own A.
     A = X.mT @ X
-    A2 = A @ A
-    t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
-    t = per_matrix(torch.where(t > 0, t, torch.ones_like(t)))
-    P = step_factor(A / t**2, steps[0], A2 / t**4) / t
+    P = first_factor(A, A @ A, steps[0])
     for i, step in enumerate(steps):
         X = X.to(low if step.precision == "low" else high)
         if i > 0:
@@ -53,37 +51,57 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
     return X.to(G.dtype)
 
 
-def gram_side_factor(A: torch.Tensor, steps: tuple[ns.Step, ...]) -> torch.Tensor:
+def first_factor(A: torch.Tensor, A2: torch.Tensor, step: ns.Step, *, out_dtype: torch.dtype | None = None,
+                 norm: torch.Tensor | None = None) -> torch.Tensor:
+    """The first step's factor with the normalisation in it: P_0 / t = (a I + b A / t^2 + c A^2 / t^4) / t, so that
+    X P_0 / t is the first step applied to X_0 = X / t, with t = 1.01 ||A^2||_F^{1/4} (ns_schedule.NORM_SAFETY),
+    1 where that is zero (a zero matrix stays zero). ``norm``: ||A2||_F if already at hand. On a GPU one kernel
+    (``triton_kernels/prologue.py``) computes the same from A, A2 and the norm."""
+    if norm is None:
+        norm = torch.linalg.matrix_norm(A2)
+    t = norm.sqrt().sqrt() * ns.NORM_SAFETY
+    t = per_matrix(torch.where(t > 0, t, torch.ones_like(t)))
+    P = step_factor(A / t**2, step, A2 / t**4) / t
+    return P if out_dtype is None else P.to(out_dtype)
+
+
+FirstFactor = Callable[[torch.Tensor, torch.Tensor, ns.Step], torch.Tensor]
+
+
+def gram_side_factor(A: torch.Tensor, steps: tuple[ns.Step, ...], first: FirstFactor = first_factor) -> torch.Tensor:
     """The n x n factor Q with X Q = the iteration's result, computed from A = X^T X alone (B, n, n).
 
     X_k = X Q_k for every step, and everything is a polynomial in A, so it all commutes: with the normalised
-    Y_0 = A / t^2, Q_0 = I / t and P_k = a I + b Y_k + c Y_k^2,
+    Y_0 = A / t^2, Q_0 = I / t and P_k = a I + R_k, R_k = b Y_k + c Y_k^2,
 
-        Q_{k+1} = Q_k P_k,        Y_{k+1} = X_{k+1}^T X_{k+1} = P_k Y_k P_k.
+        Q_{k+1} = Q_k P_k = a Q_k + Q_k R_k,     Y_{k+1} = P_k Y_k P_k = a (P_k Y_k) + (P_k Y_k) R_k,
+        P_k Y_k = a Y_k + R_k Y_k.
 
-    Only n x n products remain, and one multiply X Q at the end. Y squares the condition number, so this runs in A's
-    dtype, float64 for the accurate contract (in float32 it gave ||O||_2 = 1.0009 at condition 316). Q amplifies the
-    directions below rcond by up to the product of the a's (~1e4), so X Q must be formed in float64 too
-    (``apply64``). A quintic step is five launches on a GPU: b Y + c Y^2 in one baddbmm, the a I added on the
-    diagonal in place, three products. This is the reference of the fused CUDA kernel (``csrc/gram_ns_factor.h``) and
-    what runs on a GPU above that kernel's size limit.
+    Each right-hand side is one ``baddbmm`` (the a I never formed), so a quintic step is four launches (R, Q, P Y,
+    Y) and a cubic one three (R = b Y rides in the products' alpha); the last step skips Y. The first step needs no
+    product for Q: Q_1 = P_0 / t (``first``, which also normalises) and Y_1 = Q_1 A Q_1. Y squares the condition
+    number, so this runs in A's dtype, float64 for the accurate contract (in float32 it gave ||O||_2 = 1.0009 at
+    condition 316). Q amplifies the directions below rcond by up to the product of the a's (~1e4), so X Q must be
+    formed in float64 too (``apply64``). This is the reference of the fused CUDA kernel (``csrc/gram_ns_factor.h``)
+    and what runs on a GPU above that kernel's size limit (with ``first`` the prologue kernel).
     """
-    A2 = A @ A
-    t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
-    t = torch.where(t > 0, t, torch.ones_like(t))
-    Y, Y2 = A / per_matrix(t * t), A2 / per_matrix(t**4)
-    Q = torch.diag_embed((1.0 / t).view(-1, 1).expand(-1, A.shape[-1]))
-    for i, step in enumerate(steps):
+    Q = first(A, A @ A, steps[0])
+    if len(steps) > 1:
+        Y = (Q @ A) @ Q
+    for i, step in enumerate(steps[1:], start=1):
+        last = i + 1 == len(steps)
         if step.c == 0.0:
-            P = Y * step.b
-        elif i == 0:
-            P = torch.add(Y * step.b, Y2, alpha=step.c)
+            # R = b Y: folded into each product's alpha.
+            Q = torch.baddbmm(Q, Q, Y, beta=step.a, alpha=step.b)
+            if not last:
+                PY = torch.baddbmm(Y, Y, Y, beta=step.a, alpha=step.b)
+                Y = torch.baddbmm(PY, PY, Y, beta=step.a, alpha=step.b)
         else:
-            P = torch.baddbmm(Y, Y, Y, beta=step.b, alpha=step.c)
-        P.diagonal(dim1=-2, dim2=-1).add_(step.a)
-        Q = Q @ P
-        if i + 1 < len(steps):
-            Y = (P @ Y) @ P
+            R = torch.baddbmm(Y, Y, Y, beta=step.b, alpha=step.c)
+            Q = torch.baddbmm(Q, Q, R, beta=step.a)
+            if not last:
+                PY = torch.baddbmm(Y, R, Y, beta=step.a)
+                Y = torch.baddbmm(PY, PY, R, beta=step.a)
     return Q
 
 
