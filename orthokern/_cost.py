@@ -89,16 +89,26 @@ def launch_seconds(launch: Launch, device: DeviceModel) -> float:
 
 
 def newton_schulz_sides(B: int, m: int, n: int, steps: int, quintics: int, elem_bytes: int, unit: str,
-                        device: DeviceModel) -> tuple[float, float]:
+                        device: DeviceModel, passes: int = 1, fused_gram_side: bool = False) -> tuple[float, float]:
     """(tall side, Gram side) modelled seconds of ``steps`` Newton–Schulz steps (``quintics`` of them quintic) on a
-    tall (B, m, n) batch: the tall side in ``unit`` on elements of ``elem_bytes`` (read X twice and write it once per
-    step; FLOPs of the symmetric Gram, its square and the apply), the Gram side as a float64 Gram, 3.5 (quintic) or
-    2 (cubic) n x n float64 products per step, and a float64 apply. The dispatch picks the cheaper; launch counts
-    are left out (both sides are a handful per step)."""
+    tall (B, m, n) batch: the tall side in ``passes`` passes on ``unit`` on elements of ``elem_bytes`` (read X twice
+    and write it once per step; FLOPs of the symmetric Gram, its square and the apply), the Gram side as a float64
+    Gram, the n x n float64 products (four per quintic step and three per cubic one, each reading three n x n
+    operands and writing one, unless one fused kernel keeps them on chip), and a float64 apply. Each side also pays its
+    launches at the graph-captured rate: the tall side 7 before its steps and 3 per step, the Gram side 5 where one
+    fused kernel runs the whole n x n iteration (``fused_gram_side``), else 9 and one per n x n product. The
+    dispatch picks the cheaper."""
     mn, mn2, n3 = B * m * n, B * m * n * n, B * n**3
-    per = [Launch("gram", {unit: mn2}, 2 * elem_bytes * mn), Launch("apply", {unit: 2 * mn2}, 2 * elem_bytes * mn)]
+    per = [Launch("gram", {unit: passes * mn2}, 2 * elem_bytes * mn),
+           Launch("apply", {unit: passes * 2 * mn2}, 2 * elem_bytes * mn)]
     tall = steps * sum(launch_seconds(x, device) for x in per) + quintics * launch_seconds(
-        Launch("poly", {unit: n3}, 0.0), device)
-    g = [Launch("gram", {"fp64_tc": mn2}, 4 * mn), Launch("apply", {"fp64_tc": 2 * mn2}, 8 * mn),
-         Launch("nxn", {"fp64_tc": 2 * n3 * (3.5 * quintics + 2 * (steps - quintics))}, 0.0)]
-    return tall, sum(launch_seconds(x, device) for x in g)
+        Launch("poly", {unit: passes * n3}, 0.0), device)
+    tall += (7 + 3 * steps) * device.graph_launch_s
+    g = [Launch("gram", {"fp64_tc": mn2}, 4 * mn), Launch("apply", {"fp64_tc": 2 * mn2}, 8 * mn)]
+    products = 4 * quintics + 3 * (steps - quintics)
+    if fused_gram_side:  # the n x n matrices stay in shared memory: A read once, Q written once
+        g.append(Launch("nxn", {"fp64_tc": 2 * n3 * (3.5 * quintics + 2 * (steps - quintics))}, 16 * B * n * n))
+    else:  # one baddbmm per product: three n x n float64 operands read, one written
+        g += [Launch("nxn", {"fp64_tc": 2 * n3}, 32 * B * n * n)] * products
+    gram_launches = 5 if fused_gram_side else 9 + products
+    return tall, sum(launch_seconds(x, device) for x in g) + gram_launches * device.graph_launch_s

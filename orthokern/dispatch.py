@@ -119,10 +119,12 @@ def newton_schulz_side(B: int, m: int, n: int, mode: str, dtype: torch.dtype, de
     """Which side newton_schulz iterates on for a tall (B, m, n) batch: "gram" (float64 n x n products, one pass over
     G each for the Gram matrix and the result) or "tall" (three passes over X per step).
 
-    On a GPU, whichever the cost model (``orthokern/_cost.py``, H100 spec rates) says is cheaper: the Gram side wins
-    from m ~ 3n at n = 128 and m ~ 8n at n = 512 in accurate mode, rarely in fast mode (bfloat16 tensor cores are
-    fast). On a CPU the Gram side whenever m >= 2n: its n x n float64 work is below the tall side's float32 work there,
-    and it is far more accurate. float64 input always iterates on the tall side: a Gram matrix squares the
+    On a GPU, whichever the cost model (``orthokern/_cost.py``, H100 spec rates) says is cheaper: in accurate mode
+    the Gram side wins at n <= 64 (one fused launch for the whole n x n iteration), from n = 128 to 512 only for
+    tall-skinny batches, from m ~ 12n to 32n depending on n and the batch (the tall side's float32 steps run as
+    three float16 tensor-core passes, "fp16x3"); rarely in fast mode (bfloat16 tensor cores are fast).
+    On a CPU the Gram side whenever m >= 2n: its n x n float64 work is below the tall side's float32 work there, and
+    it is far more accurate. float64 input always iterates on the tall side: a Gram matrix squares the
     condition number, which float64 resolves for a float32 result but not to float64's own contract (the same reason
     as gram_eigh's float64 floor).
     """
@@ -132,8 +134,11 @@ def newton_schulz_side(B: int, m: int, n: int, mode: str, dtype: torch.dtype, de
     if device_type != "cuda":
         return "gram" if m >= 2 * n else "tall"
     quintics = sum(1 for s in steps if s.c != 0.0)
-    unit, elem = ("tc16", 2) if mode == "fast" else ("tf32x3", 4)
-    tall, gram = _cost.newton_schulz_sides(B, m, n, len(steps), quintics, elem, unit, _cost.DEVICES["h100"])
+    # fast: bfloat16 steps; accurate: float32 steps as three float16 passes ("fp16x3", triton_kernels/_dot.py)
+    unit, elem, passes = ("tc16", 2, 1) if mode == "fast" else ("tc16", 4, 3)
+    fused = n <= compiled.LIMITS["cuda_small_max_n"]  # backend "cuda": the whole n x n iteration in one launch
+    tall, gram = _cost.newton_schulz_sides(B, m, n, len(steps), quintics, elem, unit, _cost.DEVICES["h100"], passes,
+                                           fused)
     return "gram" if gram < tall else "tall"
 
 

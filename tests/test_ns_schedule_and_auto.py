@@ -87,7 +87,9 @@ def test_auto_rule(m, n, device, mode, rcond, dtype, expected):
 @pytest.mark.parametrize(
     "B,m,n,device,mode,side",
     [
-        (1, 4608, 512, "cuda", "accurate", "gram"),  # tall-skinny: the n x n work is small next to G
+        (1, 4096, 128, "cuda", "accurate", "gram"),  # tall-skinny: the n x n work is small next to G
+        # at n = 512 the float64 n x n iteration costs more than fp16x3 steps on X (triton_kernels/_dot.py)
+        (1, 4608, 512, "cuda", "accurate", "tall"),
         (1, 1152, 1024, "cuda", "accurate", "tall"),  # square-ish and large: the tall side's tensor cores win
         (1, 4096, 4096, "cuda", "fast", "tall"),
         (256, 576, 64, "cuda", "accurate", "gram"),
@@ -126,3 +128,19 @@ def test_auto_falls_back_on_breakdown(monkeypatch):
     assert calls == ["gram_eigh", "cholqr2"]
     acc = accuracy(G, O)
     assert acc.finite and acc.E < 1e-3 and acc.norm2 < 1 + 1e-4
+
+
+def test_fp16x3_operands_stay_bounded():
+    """The tall side's float32 products run as "fp16x3" (triton_kernels/_dot.py), whose split needs operands well
+    inside float16's range (65504). After the normalisation every singular value of X starts in [0, 1 / 1.01]; over
+    every schedule the iterates stay below 2 and each step's factor P = a I + b A + c A^2 has entries below 55
+    (|P_ij| <= ||P||_2 <= |a| + |b| s^2 + |c| s^4), as triton_kernels/polar.py relies on."""
+    for mode in dispatch.MODES:
+        for n in (16, 64, 512, 4096):
+            for rcond in (1e-2, 1e-3, 1e-4):
+                x = np.linspace(0.0, 1.0 / ns.NORM_SAFETY, 20001)
+                for step in ns.steps_for(mode, rcond, n, torch.float32):
+                    s = float(x.max())
+                    assert s < 2.0, (mode, n, rcond, s)
+                    assert abs(step.a) + abs(step.b) * s**2 + abs(step.c) * s**4 < 55, (mode, n, rcond, step)
+                    x = step.a * x + step.b * x**3 + step.c * x**5

@@ -305,7 +305,7 @@ def emulated(monkeypatch):
 
 
 def test_precision_reaches_every_dot(tk, emulated):
-    """With the precisions emulated: "ieee" and "tf32x3" meet the float32 rounding bounds, "tf32" (10-bit
+    """With the precisions emulated: "ieee", "tf32x3" and "fp16x3" meet the float32 rounding bounds, "tf32" (10-bit
     mantissa) does not, in each of the three kernels (so each passes its precision to its dot)."""
     G = _mat(2, 70, 24, seed=32, kind="gaussian")
     Gd = G.double()
@@ -318,7 +318,7 @@ def test_precision_reaches_every_dot(tk, emulated):
         "apply": (lambda p: tk.apply(G, A, precision=p), Gd @ Ad, 4 * 24 * EPS[torch.float32] * (Gd.abs() @ Ad.abs())),
     }
     for name, (f, ref, bound) in cases.items():
-        for p, ok in (("ieee", True), ("tf32x3", True), ("tf32", False)):
+        for p, ok in (("ieee", True), ("tf32x3", True), ("fp16x3", True), ("tf32", False)):
             err = (f(p).double() - ref).abs()
             assert bool((err <= bound).all()) == ok, (name, p, (err / bound).max().item())
         # and TF32 is what "tf32" got: within its own 2^-10 relative rounding
@@ -641,3 +641,67 @@ def _cost_under(G):
 
     with assume_sm_count(132):
         return _cost.COSTS["orthokern.triton_sym_gram.default"]((G, None, True, torch.float64, 0, "tf32x3"), {}, None)
+
+
+# ---------------------------------------------------------------- fp16x3 (triton_kernels/_dot.py)
+def _split_kernel():
+    """A kernel that stores _dot.split_f16 of its input (built on first use: Triton resolves a jitted function's
+    globals in its module, so it lives at module level)."""
+    global _SPLIT_KERNEL
+    if _SPLIT_KERNEL is None:
+        import triton
+        import triton.language as tl
+        from orthokern.triton_kernels._dot import split_f16
+
+        def split_kernel(X, HI, LO, N: tl.constexpr):
+            r = tl.arange(0, N)
+            hi, lo = split_f16(tl.load(X + r))
+            tl.store(HI + r, hi)
+            tl.store(LO + r, lo)
+
+        split_kernel.__globals__["split_f16"] = split_f16
+        split_kernel.__globals__["tl"] = tl
+        _SPLIT_KERNEL = triton.jit(split_kernel)
+    return _SPLIT_KERNEL
+
+
+_SPLIT_KERNEL = None
+
+
+def test_fp16x3_split_keeps_22_bits(tk):
+    """x = hi + lo / 2048 to 2^-22 relative across float16's normal range, and to 2^-36 absolute below it."""
+    split_kernel = _split_kernel()
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.exp(torch.empty(1000).uniform_(-35, 10.9, generator=g)), torch.tensor([0.0, 1.0, 65000.0])])
+    x = torch.cat([x, -x[:24]])[:1024].to(DEVICE)
+    hi, lo = (torch.empty(1024, dtype=torch.float16, device=DEVICE) for _ in range(2))
+    split_kernel[(1,)](x, hi, lo, N=1024)
+    err = (hi.double() + lo.double() / 2048 - x.double()).abs()
+    normal = x.abs() >= 2.0**-14
+    assert bool((err[normal] <= 2.0**-22 * x.double().abs()[normal]).all())
+    assert bool((err[~normal] <= 2.0**-36).all())
+    assert bool((hi.double() != x.double())[normal].any())  # the low half carries something
+
+
+def test_newton_schulz_tall_side_runs_fp16x3_except_the_unbounded_product(tk):
+    """Every float32 product of the tall side runs at "fp16x3" but step 0's A @ A, whose entries reach m (float16's
+    range ends at 65504): that one stays at "tf32x3" (triton_kernels/polar.py)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from orthokern import dispatch
+
+    calls = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func)
+            if name.startswith("orthokern.triton_") and name.split(".")[1] in ("triton_sym_gram", "triton_sym_poly",
+                                                                              "triton_apply"):
+                calls.append((name.split(".")[1], args[-1]))
+            return func(*args, **(kwargs or {}))
+
+    G = _mat(2, 48, 24, seed=51)
+    with Record():
+        dispatch.triton_polar().polar_newton_schulz(G, mode="accurate", rcond=1e-3, side="tall")
+    assert calls[1] == ("triton_sym_poly", "tf32x3")
+    assert len(calls) > 6 and all(p == "fp16x3" for i, (_, p) in enumerate(calls) if i != 1), calls

@@ -30,13 +30,17 @@ def check_dtype(op: str, name: str, t: torch.Tensor) -> None:
 #   "ieee"   full float32 products on the CUDA cores (FMA);
 #   "tf32"   one TF32 tensor-core pass (10-bit mantissa: relative error ~1e-3 per product);
 #   "tf32x3" three TF32 passes on the split a = a_hi + a_lo (about float32 accuracy, tensor cores);
-#   "bf16x3" three bfloat16 passes on a split (about 16 mantissa bits, tensor cores).
+#   "bf16x3" three bfloat16 passes on a split (about 16 mantissa bits, tensor cores);
+#   "fp16x3" three float16 passes on the split a = hi + lo / 2^11 (about float32 accuracy at twice tf32x3's
+#            rate; orthokern's own, ``_dot.py``; only for operands well inside float16's range).
 # What each lowers to on sm_90 is checked by bench/check_triton_configs.py (tensor-core wgmma/mma for all but
 # "ieee", FMA for "ieee"). Operands of other dtypes ignore it: bfloat16/float16 dots always run on the 16-bit
 # tensor cores and float64 dots on the float64 ones (DMMA).
-PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16x3")
-# What accurate float32 work uses: float32 accuracy on the tensor cores.
+PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16x3", "fp16x3")
+# What accurate float32 work uses: float32 accuracy on the tensor cores. Products whose operands are bounded (the
+# Newton–Schulz steps on a normalised X: triton_kernels/polar.py) use BOUNDED, the same accuracy at twice the rate.
 ACCURATE = "tf32x3"
+BOUNDED = "fp16x3"
 
 
 def check_precision(op: str, precision: str) -> str:
@@ -188,7 +192,7 @@ def dot_unit(dtype: torch.dtype, precision: str) -> tuple[str, int]:
         return "tf32", 1
     if precision == "tf32x3":
         return "tf32x3", 1  # the unit itself stands for the three passes (orthokern/_cost.py)
-    return "tc16", 3  # bf16x3: three bfloat16 passes
+    return "tc16", 3  # bf16x3 / fp16x3: three 16-bit passes
 
 
 def element_size(dtype: torch.dtype) -> int:

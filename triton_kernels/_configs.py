@@ -38,9 +38,10 @@ def _c(num_warps: int, num_stages: int, **blocks) -> triton.Config:
 # Operand classes: what a kernel's dots run on.
 #   "f16": bfloat16/float16 operands (16-bit tensor cores, fp32 accumulation);
 #   "tc32": float32 operands on TF32 tensor cores ("tf32", "tf32x3", "bf16x3": split operands held twice);
+#   "f16x3": float32 operands as three float16 passes ("fp16x3": split operands and a second accumulator);
 #   "fma32": float32 operands, "ieee" (CUDA-core FMA: small tiles, or the accumulator spills);
 #   "f64": float64 dots (DMMA; tiles of 8-byte values).
-CLASSES = ("f16", "tc32", "fma32", "f64")
+CLASSES = ("f16", "tc32", "f16x3", "fma32", "f64")
 
 
 def operand_class(dot_dtype: torch.dtype, precision: str) -> str:
@@ -48,6 +49,8 @@ def operand_class(dot_dtype: torch.dtype, precision: str) -> str:
         return "f64"
     if dot_dtype in (torch.bfloat16, torch.float16):
         return "f16"
+    if precision == "fp16x3":
+        return "f16x3"
     return "fma32" if precision == "ieee" else "tc32"
 
 
@@ -67,6 +70,12 @@ TABLES: dict[str, dict[str, dict[int, list[triton.Config]]]] = {
         "tc32": {
             # Small spills (8-28 bytes, ptxas capping registers at 72-80) moved with stages and BLOCK_K between
             # Triton 3.6 and 3.9; these compile clean on both
+            16: [_c(4, 3, BLOCK_N=16, BLOCK_K=16)],
+            32: [_c(4, 2, BLOCK_N=32, BLOCK_K=16)],
+            64: [_c(4, 3, BLOCK_N=64, BLOCK_K=32)],
+        },
+        "f16x3": {
+            # the tc32 tiles: the second accumulator fits beside them (no spills on Triton 3.6 or 3.9)
             16: [_c(4, 3, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 2, BLOCK_N=32, BLOCK_K=16)],
             64: [_c(4, 3, BLOCK_N=64, BLOCK_K=32)],
@@ -99,6 +108,13 @@ TABLES: dict[str, dict[str, dict[int, list[triton.Config]]]] = {
             64: [_c(4, 3, BLOCK_N=64, BLOCK_K=32)],
             512: [_c(8, 3, BLOCK_N=128, BLOCK_K=32), _c(4, 3, BLOCK_N=64, BLOCK_K=32)],
         },
+        "f16x3": {
+            16: [_c(4, 3, BLOCK_N=16, BLOCK_K=16)],
+            32: [_c(4, 3, BLOCK_N=32, BLOCK_K=32)],
+            64: [_c(4, 3, BLOCK_N=64, BLOCK_K=32)],
+            # 128 x 128 tiles spilled 40 bytes on Triton 3.6 (two 128 x 128 accumulators), whatever BLOCK_K
+            512: [_c(4, 3, BLOCK_N=64, BLOCK_K=32), _c(8, 3, BLOCK_N=64, BLOCK_K=64)],
+        },
         "fma32": {
             16: [_c(4, 2, BLOCK_N=16, BLOCK_K=16)],
             32: [_c(4, 2, BLOCK_N=32, BLOCK_K=16)],
@@ -128,6 +144,15 @@ TABLES: dict[str, dict[str, dict[int, list[triton.Config]]]] = {
             64: [_c(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)],
             128: [_c(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32)],
             512: [_c(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32), _c(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)],
+        },
+        "f16x3": {
+            16: [_c(4, 3, BLOCK_M=128, BLOCK_N=16, BLOCK_K=16)],
+            32: [_c(4, 3, BLOCK_M=128, BLOCK_N=32, BLOCK_K=32)],
+            64: [_c(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)],
+            # 128 x 128 tiles spilled 24-28 bytes on Triton 3.6 with a float64 G converted in registers, whatever
+            # BLOCK_K (two 128 x 128 accumulators)
+            128: [_c(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)],
+            512: [_c(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32), _c(8, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32)],
         },
         "fma32": {
             16: [_c(4, 2, BLOCK_M=64, BLOCK_N=16, BLOCK_K=16)],

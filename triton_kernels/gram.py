@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common, _configs
+from . import _common, _configs, _dot
 from ._common import KernelCall, check_dtype, check_precision, dot_precision, dot_unit, element_size, sm_count
 from ._symmetric import store_symmetric
 
@@ -72,6 +72,7 @@ def _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS,
             acc = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float64)
         else:
             acc = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
+        acc_lo = _dot.lo_accumulator(BLOCK_N, BLOCK_N, PRECISION)
         for k in range(k0, k1, BLOCK_K):
             rows = k + rk
             kmask = rows[:, None] < k1
@@ -88,7 +89,8 @@ def _gram_body(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS,
             if ACC_F64:
                 gi = _to_f64(gi)
                 gj = _to_f64(gj)
-            acc = tl.dot(tl.trans(gi), gj, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+            acc, acc_lo = _dot.dot(tl.trans(gi), gj, acc, acc_lo, PRECISION)
+        acc = _dot.finish(acc, acc_lo, PRECISION)
         if PARTIAL:
             nn = N * N
             P = OUT + (b.to(tl.int64) * SPLITS + pid_s) * nn

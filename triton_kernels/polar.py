@@ -26,7 +26,7 @@ from .. import ns_schedule as ns
 from ..reference.newton_schulz import gram_side_factor as _gram_side_factor
 from ..reference.newton_schulz import low_precision_dtype
 from ..reference.scaling import compute_dtype, per_matrix, significant
-from ._common import ACCURATE  # the precision of float32 dots: float32 accuracy on tensor cores
+from ._common import ACCURATE, BOUNDED  # the precisions of float32 dots (_common.PRECISIONS)
 from .newton_schulz import ns_step
 
 # The kernels index within one matrix in int32 (the batch offset is int64).
@@ -140,10 +140,15 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tenso
 
     # Step 0's Gram in the compute dtype (its normalisation needs the weak directions' scale, not bfloat16's), then
     # P_0 / t on the n x n side.
-    A = ops.triton_sym_gram(G, scale, high == torch.float64, high, 0, ACCURATE)
+    # Float32 products run at BOUNDED ("fp16x3", triton_kernels/_dot.py), which needs operands well inside float16's
+    # range: s G has entries below 1, P_0 / t below about 110 (t >= ||A||_2^(1/2) >= max|s G| >= 1/2), and every
+    # later X, its Gram matrix and its factor are bounded by the normalisation: ||X||_2 < 2, so |A_ij| < 4 and
+    # |P_ij| < 55 (tests/test_ns_schedule_and_auto.py: test_fp16x3_operands_stay_bounded checks every schedule).
+    # Only A @ A of step 0 is not (A's entries reach m), so it stays at ACCURATE ("tf32x3", float32's range).
+    A = ops.triton_sym_gram(G, scale, high == torch.float64, high, 0, BOUNDED)
     P0 = first_factor(A, ops.triton_sym_poly(A, 0.0, 1.0, ACCURATE), steps[0], out_dtype=dts[0])
-    X = ops.triton_apply(G, P0, scale, 0.0, 1.0, dts[1], ACCURATE)
+    X = ops.triton_apply(G, P0, scale, 0.0, 1.0, dts[1], BOUNDED)
     for i in range(1, len(steps)):
         step = steps[i]
-        X = ns_step(X, step.a, step.b, step.c, out_dtype=dts[i + 1])
+        X = ns_step(X, step.a, step.b, step.c, out_dtype=dts[i + 1], precision=BOUNDED)
     return X.to(G.dtype)

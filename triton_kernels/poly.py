@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common, _configs
+from . import _common, _configs, _dot
 from ._common import KernelCall, check_dtype, check_precision, dot_precision, dot_unit, element_size
 from ._symmetric import store_symmetric
 
@@ -36,6 +36,7 @@ def _sym_poly_kernel(A, OUT, N, b_coef: tl.float64, c_coef: tl.float64, N_CLASS,
             acc = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float64)
         else:
             acc = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
+        acc_lo = _dot.lo_accumulator(BLOCK_N, BLOCK_N, PRECISION)
         for k in range(0, N, BLOCK_K):
             kk = k + rk
             # A is symmetric: the (k, i) block read row-major is A[i, k]^T, a coalesced load either way.
@@ -43,7 +44,8 @@ def _sym_poly_kernel(A, OUT, N, b_coef: tl.float64, c_coef: tl.float64, N_CLASS,
                         other=0.0)
             y = tl.load(base + kk[:, None] * N + rj[None, :], mask=(kk[:, None] < N) & (rj[None, :] < N),
                         other=0.0)
-            acc = tl.dot(x, y, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+            acc, acc_lo = _dot.dot(x, y, acc, acc_lo, PRECISION)
+        acc = _dot.finish(acc, acc_lo, PRECISION)
         a = tl.load(base + ri[:, None] * N + rj[None, :], mask=(ri[:, None] < N) & (rj[None, :] < N),
                     other=0.0).to(acc.dtype)
         # The coefficients in the accumulator's dtype: a float64 scalar would promote the whole fp32 tile to

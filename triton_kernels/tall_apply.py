@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common, _configs
+from . import _common, _configs, _dot
 from ._common import KernelCall, check_dtype, check_precision, dot_precision, dot_unit, element_size
 from .gram import _to_f64
 
@@ -38,6 +38,7 @@ def _apply_kernel(G, MAT, SCALE, OUT, M, N, stride_b, stride_m, stride_n, alpha:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_lo = _dot.lo_accumulator(BLOCK_M, BLOCK_N, PRECISION)
     if HAS_SCALE:
         s = tl.load(SCALE + bi)
     for k in range(0, N, BLOCK_K):
@@ -53,7 +54,8 @@ def _apply_kernel(G, MAT, SCALE, OUT, M, N, stride_b, stride_m, stride_n, alpha:
             g = (g * s).to(MAT.dtype.element_ty)
         w = tl.load(mbase + kk[:, None] * N + rn[None, :], mask=(kk[:, None] < N) & (rn[None, :] < N),
                     other=0.0)
-        acc = tl.dot(g, w, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+        acc, acc_lo = _dot.dot(g, w, acc, acc_lo, PRECISION)
+    acc = _dot.finish(acc, acc_lo, PRECISION)
     # alpha, beta in the accumulator's dtype (see poly.py: a float64 scalar would promote an fp32 tile).
     if ACC_F64:
         acc = acc * beta
