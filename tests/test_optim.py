@@ -326,6 +326,7 @@ def test_one_polar_call_per_shape_group(monkeypatch):
     # A dense layer with the same matrix shape as conv2/conv3 (6, 54) in another param group, a float32
     # parameter of that shape (a different dtype: its own call), and one frozen and one unused parameter.
     same = nn.Parameter(torch.randn(6, 54, dtype=torch.float64))
+    tall = nn.Parameter(torch.randn(54, 6, dtype=torch.float64))  # the transposed shape: the same call
     other_dtype = nn.Parameter(torch.randn(6, 54))
     unused = nn.Parameter(torch.randn(4, 4, dtype=torch.float64))
     model.conv1.bias.requires_grad_(False)
@@ -337,19 +338,22 @@ def test_one_polar_call_per_shape_group(monkeypatch):
         return real(G, **kw)
 
     monkeypatch.setattr(ok_optim.batched, "polar", counting_polar)
-    opt = FastOrthogonalSGD([{"params": model.parameters()}, {"params": [same, other_dtype, unused]}], lr=0.1)
+    opt = FastOrthogonalSGD([{"params": model.parameters()}, {"params": [same, tall, other_dtype, unused]}], lr=0.1)
     before = unused.detach().clone()
     for i in range(2):
         calls.clear()
         opt.zero_grad()
         loss = F.cross_entropy(model(batch(i)[0]), batch(i)[1])
-        (loss + (same * model.conv3.weight.reshape(6, 54)).sum() + other_dtype.square().sum()).backward()
+        (loss + (same * model.conv3.weight.reshape(6, 54)).sum() + other_dtype.square().sum()
+         + tall.square().sum()).backward()
         opt.step()
+        # Polar blocks are taken tall (optim/transforms.py: oriented): a wide (6, 54) and a tall (54, 6) matrix share
+        # a call.
         assert sorted(calls, key=str) == sorted([
-            ((1, 6, 18), torch.float64),   # conv1
-            ((3, 6, 54), torch.float64),   # conv2, conv3, same
-            ((1, 5, 96), torch.float64),   # fc
-            ((1, 6, 54), torch.float32),   # other_dtype
+            ((1, 18, 6), torch.float64),   # conv1
+            ((4, 54, 6), torch.float64),   # conv2, conv3, same, tall
+            ((1, 96, 5), torch.float64),   # fc
+            ((1, 54, 6), torch.float32),   # other_dtype
         ], key=str)
     assert unused.grad is None and torch.equal(unused, before) and unused not in opt.state
     assert model.conv1.bias.grad is None

@@ -161,3 +161,40 @@ def test_rcond_zero_is_bounded_for_every_method(method, dtype):
         assert torch.isfinite(O).all()
         norm = torch.linalg.matrix_norm(O.double(), 2)
         assert norm <= 1 + NORM_SLACK[dtype], f"||O||_2 = {norm:.4g} for a {tuple(G.shape)} gradient"
+
+
+def test_transposed_shapes_share_one_polar_call_and_keep_their_orientation(monkeypatch):
+    """by_shape takes polar blocks tall (optim/transforms.py: oriented): wide and tall blocks of transposed shapes
+    form one call; each result is its block's polar factor, in the block's orientation, contiguous. The
+    normalisations keep the orientation (their result depends on it)."""
+    from orthokern.optim import batched
+    from orthokern.optim.transforms import Transform
+
+    calls = []
+    real = batched.polar
+    monkeypatch.setattr(batched, "polar", lambda G, **kw: calls.append(tuple(G.shape)) or real(G, **kw))
+    blocks = [random_matrix(2, 6, 4, "decaying", dtype=torch.float64, seed=1),
+              random_matrix(3, 4, 6, "decaying", dtype=torch.float64, seed=2),
+              random_matrix(1, 4, 6, "gaussian", dtype=torch.float64, seed=3),
+              random_matrix(2, 5, 5, "gaussian", dtype=torch.float64, seed=4)]
+    polar_t = Transform.make("polar", method="svd", where="test")
+    out = batched.by_shape(blocks, [polar_t] * 4)
+    assert sorted(calls) == [(2, 5, 5), (6, 6, 4)]
+    for b, o in zip(blocks, out):
+        assert o.shape == b.shape and o.is_contiguous()
+        torch.testing.assert_close(o, orthokern.polar(b, method="svd"), rtol=0, atol=1e-13)
+    rows_t = Transform.make("comp_norm", where="test")
+    out = batched.by_shape(blocks[:2], [rows_t] * 2)
+    for b, o in zip(blocks[:2], out):
+        torch.testing.assert_close(o, normalise_rows(b))
+
+
+def test_resnet50_gradients_form_15_polar_calls_not_21():
+    """The README's count: ResNet-50's 54 weight matrices come in 21 shapes, 15 up to transposition."""
+    from orthokern.bench.suites import RESNET50_SHAPES
+    from orthokern.optim.transforms import Transform, buckets, oriented
+
+    t = Transform.make("polar", where="test")
+    blocks = [torch.empty(c, m, n, device="meta") for (m, n), c in RESNET50_SHAPES.items()]
+    assert sum(b.shape[0] for b in blocks) == 54 and len(buckets(blocks, [t] * len(blocks))) == 21
+    assert len(buckets([oriented(b, t) for b in blocks], [t] * len(blocks))) == 15

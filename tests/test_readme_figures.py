@@ -60,3 +60,22 @@ def test_readme_quotes_the_measured_distributed_table():
                       readme, re.S)
     assert block, "README.md does not quote the distributed-cpu table"
     assert block.group(1) == table, "README.md's distributed table differs from bench/RESULTS.md"
+
+
+def test_readme_quotes_the_plan_in_results_md():
+    """The modelled ResNet-50 step times and launch count the README quotes are those of the plan section of
+    bench/RESULTS.md (written by ``python -m orthokern.bench plan --results-md``), rounded as quoted."""
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    section = results[results.index("<!-- BEGIN plan -->"):results.index("<!-- END plan -->")]
+    rows = {}
+    for mode in ("accurate", "fast"):
+        row = re.search(rf"^ResNet-50 FastOrthogonalSGD step.*? float32 +{mode} +(\d+) .*? ([\d.]+) ms +([\d.]+) ms "
+                        rf"+([\d.]+) ms", section, re.M)
+        assert row, f"no ResNet-50 {mode} row in the plan section"
+        rows[mode] = (int(row.group(1)), float(row.group(4)))
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"the accurate ResNet-50 step is modelled at about {rows['accurate'][1]:.1f} ms graph-captured"
+            in readme), rows
+    assert f"the fast one at about {rows['fast'][1]:.1f} ms" in readme, rows
+    quoted = int(re.search(r"about (\d+) launches", readme).group(1))
+    assert abs(quoted - rows["accurate"][0]) <= 0.05 * rows["accurate"][0], (quoted, rows)

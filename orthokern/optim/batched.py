@@ -14,7 +14,7 @@ import torch
 
 from .._polar import polar
 from . import distributed as sharing
-from .transforms import Transform, buckets, normalise_frobenius, normalise_rows
+from .transforms import Transform, buckets, normalise_frobenius, normalise_rows, oriented, unoriented
 
 
 def apply(X: torch.Tensor, t: Transform) -> torch.Tensor:
@@ -30,11 +30,23 @@ def apply(X: torch.Tensor, t: Transform) -> torch.Tensor:
 def by_shape(blocks: Sequence[torch.Tensor], transforms: Sequence[Transform]) -> list[torch.Tensor]:
     """``transforms[i]`` applied to each (k, m, n) block, with one call per (transform, m, n, dtype, device)."""
     out: list[Optional[torch.Tensor]] = [None] * len(blocks)
-    for key, idx in buckets(blocks, transforms).items():
+    # Polar blocks tall (wide ones transposed), so that transposed shapes share a call (transforms.oriented).
+    views = [oriented(b, t) for b, t in zip(blocks, transforms)]
+    for key, idx in buckets(views, transforms).items():
+        # The transposed blocks first, so that their results go back to their orientation in one copy.
+        flipped = [i for i in idx if views[i] is not blocks[i]]
+        idx = flipped + [i for i in idx if views[i] is blocks[i]]
         # A lone block needs no copy: the transforms read their input and never write it.
-        X = blocks[idx[0]] if len(idx) == 1 else torch.cat([blocks[i] for i in idx])
+        X = views[idx[0]] if len(idx) == 1 else torch.cat([views[i] for i in idx])
         O = apply(X, key[0])
-        for i, o in zip(idx, O.split([blocks[i].shape[0] for i in idx])):
+        sizes = [views[i].shape[0] for i in idx]
+        parts = list(O.split(sizes))
+        if flipped:
+            # split, not indexing: the dry-run plan runs this on fake CUDA tensors (see reference.scaling.per_matrix)
+            k = sum(sizes[:len(flipped)])
+            head = O.split([k, O.shape[0] - k])[0]
+            parts[:len(flipped)] = unoriented(head, blocks[flipped[0]]).split(sizes[:len(flipped)])
+        for i, o in zip(idx, parts):
             out[i] = o
     return out  # type: ignore[return-value]
 

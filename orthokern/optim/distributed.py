@@ -42,7 +42,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.distributed as dist
 
-from .transforms import buckets
+from .transforms import buckets, oriented, unoriented
 
 __all__ = ["Option", "Stats", "check_option", "process_group", "is_dtensor", "matrix_cost", "plan", "replicated",
            "sharded"]
@@ -145,7 +145,8 @@ def replicated(blocks: Sequence[torch.Tensor], transforms: Sequence, apply: Appl
     stats.world_size = world
     # One item per matrix: (block index, index in block), as a (1, m, n) view.
     items = [(b, j) for b, blk in enumerate(blocks) for j in range(blk.shape[0])]
-    views = [blocks[b][j:j + 1] for b, j in items]
+    # Polar items tall (wide ones transposed, transposed back at the end), as in batched.by_shape.
+    views = [oriented(blocks[b][j:j + 1], transforms[b]) for b, j in items]
     keys = [transforms[b] for b, _ in items]
     results: list[Optional[torch.Tensor]] = [None] * len(items)
     grouped = list(buckets(views, keys).items())
@@ -214,6 +215,7 @@ def replicated(blocks: Sequence[torch.Tensor], transforms: Sequence, apply: Appl
             for r, i, m, n in entries:
                 results[i] = recv[offset[r]:offset[r] + m * n].view(m, n)
                 offset[r] += m * n
+    results = [unoriented(r, blocks[b][j]) for r, (b, j) in zip(results, items)]
     out = []
     pos = 0
     for blk in blocks:

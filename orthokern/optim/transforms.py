@@ -89,6 +89,25 @@ def normalise_rows(X: torch.Tensor) -> torch.Tensor:
     return _normalise(X, -1)
 
 
+def oriented(block: torch.Tensor, transform) -> torch.Tensor:
+    """``block`` (k, m, n) as ``transform`` computes it. The polar factor of a wide matrix is the transpose of its
+    transpose's, which is how ``orthokern.polar`` computes it, so a polar block is taken tall: a wide one as its
+    (k, n, m) transposed view. Layers whose gradients are transposes of each other in shape (a 1x1 convolution
+    from 512 to 2048 channels and one from 2048 to 512) then share one bucket: fewer, larger batched calls. The
+    normalisations depend on the orientation and keep it."""
+    if getattr(transform, "kind", None) == "polar" and block.shape[-2] < block.shape[-1]:
+        return block.mT
+    return block
+
+
+def unoriented(result: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """A result computed on ``oriented(block, ...)`` in ``block``'s orientation, contiguous as ``orthokern.polar``
+    returns a wide result (torch's fused optimisers read gradients as dense memory in the parameter's layout)."""
+    if result.shape[-2:] == block.shape[-2:]:
+        return result
+    return result.mT.clone(memory_format=torch.contiguous_format)
+
+
 def buckets(blocks: Sequence[torch.Tensor], transforms: Sequence[Hashable]) -> dict[tuple, list[int]]:
     """Indices of the (k, m, n) ``blocks`` grouped by (transform, m, n, dtype, device), in order of first
     appearance: each group is one batched call. Reads shapes only."""
