@@ -91,3 +91,19 @@ def test_cli_writes_json_and_says_it_is_an_estimate(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["device"]["name"].startswith("NVIDIA H100") and len(data["rows"]) == 4
     assert plan.main(["--mode", "sideways"]) == 2
+
+
+def test_launch_time_counts_waves_of_programs():
+    """A launch that says how many programs share its arithmetic takes whole waves of one program per SM: 132
+    programs on 132 SMs one wave, 133 two (the 133rd alone), 66 one wave at half the device."""
+    from orthokern import _cost
+
+    dev = _cost.DEVICES["h100"]
+    flops = {"tc16": 1e12}
+    full = _cost.launch_seconds(_cost.Launch("k", flops, 0.0), dev)
+    assert _cost.launch_seconds(_cost.Launch("k", flops, 0.0, programs=132), dev) == pytest.approx(full)
+    assert _cost.launch_seconds(_cost.Launch("k", flops, 0.0, programs=133), dev) == pytest.approx(full * 264 / 133)
+    assert _cost.launch_seconds(_cost.Launch("k", flops, 0.0, programs=66), dev) == pytest.approx(2 * full)
+    # memory-bound launches are not affected
+    assert _cost.launch_seconds(_cost.Launch("k", {}, 1e9, programs=1), dev) == pytest.approx(1e9 / (dev.bandwidth
+                                                                                                   * dev.efficiency))

@@ -102,6 +102,9 @@ def test_choose_splits_fills_the_device_only_when_needed(tk):
     assert tk.choose_splits(1024, 256, 32, sms) == 1  # the batch alone fills the GPU
     assert tk.choose_splits(1, 4096, 64, sms) == 16  # 264 programs wanted, 4096 // 256 rows allow 16 splits
     assert tk.choose_splits(1, 100, 64, sms) == 1  # too few rows to be worth a second pass
+    # 108 tiles take one wave split or not (three splits: three waves of a third): no split, no reduction launch
+    assert tk.choose_splits(3, 2048, 512, sms, "tc16", 3) == 1
+    assert tk.choose_splits(1, 4608, 512, sms, "tc16", 3) == 3  # 36 tiles: three splits fill one wave
 
 
 def test_sym_gram_errors_name_the_argument(tk):

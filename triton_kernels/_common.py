@@ -162,6 +162,9 @@ class KernelCall:
     grid: Callable[[dict], tuple]
     flops: dict = dataclasses.field(default_factory=dict)  # unit -> FLOPs (a multiply-add counts 2)
     bytes: float = 0.0  # compulsory traffic: each operand read once, each result written once
+    # programs that do the arithmetic (at the first candidate's block sizes), for the cost model's wave count; None:
+    # not modelled
+    programs: Optional[int] = None
 
     def run(self, launch: Optional[Callable] = None) -> None:
         kernel = launch(self.kernel) if launch is not None else self.kernel

@@ -123,18 +123,36 @@ def _reduce_splits_kernel(P, OUT, N, SPLITS, BLOCK_N: tl.constexpr):
         store_symmetric(OUT + b.to(tl.int64) * nn, N, ri, rj, acc)
 
 
-def choose_splits(B: int, m: int, n: int, sms: int) -> int:
-    """Row splits when the tiles alone leave SMs idle (about two programs per SM then); else 1.
+def choose_splits(B: int, m: int, n: int, sms: int, unit: str = "tc16", passes: int = 1, acc_bytes: int = 4) -> int:
+    """Row splits of a Gram launch: the count whose modelled time is least, 1 unless splitting pays.
 
-    Splitting costs a (B, splits, n, n) round trip through memory, so a batch that already gives every SM a
-    tile (256 x 576 x 64: 256 tiles on 132 SMs) is not split.
+    Each of the B n^2 / 2 tiles (64 wide) is one program streaming its rows; with s splits there are s times as
+    many programs, each streaming m / s rows, in ceil(tiles s / sms) waves. A split launch pays a second launch
+    (the fixed-order reduction) and a round trip of the (B, s, n, n) partial tiles through memory. Times are the
+    device model's (``orthokern/_cost.py``: H100 spec-sheet rates on the dot's ``unit``, ``passes`` times) with
+    this device's SM count, as the dispatch's other choices are. Splitting pays only when the tiles leave most SMs
+    idle and the matrices are long: 108 tiles on 132 SMs take one wave whether split or not (splitting them three
+    ways gives three waves of a third), while 1 x 4096 x 64 (one tile) gains nearly the whole device.
     """
+    from .._cost import DEVICES
+
     tiles = B * (-(-n // 64)) * (-(-n // 64) + 1) // 2
     if tiles >= sms:
         return 1
-    want = -(-2 * sms // max(tiles, 1))
+    device = DEVICES["h100"]
+    per_sm = device.peak[unit] * device.efficiency / device.sms  # FLOP/s of one SM
+
+    def seconds(s: int) -> float:
+        rows = -(-m // s)
+        waves = -(-tiles * s // sms)
+        t = waves * passes * 2.0 * rows * 64 * 64 / per_sm
+        if s > 1:
+            t += device.graph_launch_s + 2.0 * B * s * n * n * acc_bytes / (device.bandwidth * device.efficiency)
+        return t
+
     # Each split should still stream >= 256 rows, or the partial tiles cost more than they save.
-    return int(max(1, min(want, m // 256, 64)))
+    most = int(max(1, min(-(-2 * sms // max(tiles, 1)), m // 256, 64)))
+    return min(range(1, most + 1), key=lambda s: (seconds(s), s))
 
 
 def _check(G: torch.Tensor, scale: Optional[torch.Tensor], splits: int, precision: str) -> None:
@@ -159,11 +177,11 @@ def plan(G: torch.Tensor, scale: Optional[torch.Tensor], out: torch.Tensor, acc_
         return []
     acc_f64 = acc_f64 or G.dtype == torch.float64
     acc_dtype = torch.float64 if acc_f64 else torch.float32
-    splits = int(splits) if splits else choose_splits(B, m, n, sm_count(G))
-    partial = splits > 1
     dot_dtype = torch.float64 if acc_f64 else G.dtype
     prec = dot_precision(dot_dtype, precision)
     unit, passes = dot_unit(dot_dtype, prec)
+    splits = int(splits) if splits else choose_splits(B, m, n, sm_count(G), unit, passes, 8 if acc_f64 else 4)
+    partial = splits > 1
     calls = []
     for b0, b1 in _common.batch_chunks(B):
         nbat = b1 - b0
@@ -187,7 +205,8 @@ def plan(G: torch.Tensor, scale: Optional[torch.Tensor], out: torch.Tensor, acc_
         calls.append(KernelCall(
             _gram_kernel, "gram._gram_kernel", args, meta,
             grid=lambda META, nbat=nbat: (triton.cdiv(n, META["BLOCK_N"]) ** 2, splits, nbat),
-            flops={unit: passes * 2.0 * nbat * m * bn * bn * nb * (nb + 1) // 2}, bytes=float(io)))
+            flops={unit: passes * 2.0 * nbat * m * bn * bn * nb * (nb + 1) // 2}, bytes=float(io),
+            programs=nbat * splits * nb * (nb + 1) // 2))
         if partial:
             calls.append(KernelCall(
                 _reduce_splits_kernel, "gram._reduce_splits_kernel",

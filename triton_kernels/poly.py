@@ -77,7 +77,7 @@ def plan(A: torch.Tensor, out: torch.Tensor, b: float, c: float, precision: str)
             _sym_poly_kernel, "poly._sym_poly_kernel", args, meta,
             grid=lambda META, nbat=nbat: (triton.cdiv(n, META["BLOCK_N"]) ** 2, nbat),
             # upper-triangle tiles of A @ A at the first candidate's BLOCK_N; read A once, write C once
-            flops={unit: passes * 2.0 * nbat * n * bn * bn * nb * (nb + 1) // 2},
+            flops={unit: passes * 2.0 * nbat * n * bn * bn * nb * (nb + 1) // 2}, programs=nbat * nb * (nb + 1) // 2,
             bytes=float(2 * nbat * n * n * element_size(A.dtype))))
     return calls
 

@@ -92,11 +92,13 @@ def plan(G: torch.Tensor, Mat: torch.Tensor, scale: Optional[torch.Tensor], out:
         meta = dict(HAS_SCALE=scale is not None, HAS_RES=alpha != 0.0, ACC_F64=f64, PRECISION=prec)
         io = nbat * (m * n * (element_size(G.dtype) + element_size(out.dtype)) + n * n * element_size(Mat.dtype)
                      + (4 if scale is not None else 0))
+        first = _configs.candidates("apply", args, meta, gpu=True)[0].kwargs
         calls.append(KernelCall(
             _apply_kernel, "tall_apply._apply_kernel", args, meta,
             grid=lambda META, nbat=nbat: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(n, META["BLOCK_N"]), nbat),
             # the residual is the G tile already read: no extra traffic
-            flops={unit: passes * 2.0 * nbat * m * n * n}, bytes=float(io)))
+            flops={unit: passes * 2.0 * nbat * m * n * n}, bytes=float(io),
+            programs=nbat * triton.cdiv(m, first["BLOCK_M"]) * triton.cdiv(n, first["BLOCK_N"])))
     return calls
 
 

@@ -61,7 +61,7 @@ def launches(calls: list[KernelCall]) -> list[Launch]:
     for c in calls:
         tk = _configs.tune_key(c, gpu=True)
         tune = (f"{c.name}{tk[0]}", tk[1]) if tk is not None else None
-        out.append(Launch(f"triton_kernels.{c.name}", dict(c.flops), c.bytes, tune, _compiled(c)))
+        out.append(Launch(f"triton_kernels.{c.name}", dict(c.flops), c.bytes, tune, _compiled(c), c.programs))
     return out
 
 

@@ -263,8 +263,9 @@ def _fmt_s(s: float) -> str:
 def format_plan(rows: Sequence[dict], device: _cost.DeviceModel) -> str:
     out = [f"Dry-run plan of the GPU dispatch on {device.name}: nothing here was measured.",
            f"Modelled time = sum over launches of max(bytes / (bandwidth x {device.efficiency}), FLOPs / (peak x "
-           f"{device.efficiency})) + launches x {device.launch_s * 1e6:.1f} us (eager) or "
-           f"{device.graph_launch_s * 1e6:.1f} us (CUDA graph): an estimate.",
+           f"{device.efficiency}) x waves) + launches x {device.launch_s * 1e6:.1f} us (eager) or "
+           f"{device.graph_launch_s * 1e6:.1f} us (CUDA graph): an estimate. waves = ceil(programs / {device.sms} SMs) "
+           f"x {device.sms} / programs for the Triton launches, 1 for the others.",
            f"Floor = max(memory floor, FLOPs at peak); memory floor = input read + output written once at "
            f"{device.bandwidth / 1e12:.2f} TB/s; '/ mem floor' = the graph-captured time over the memory floor.",
            ""]
