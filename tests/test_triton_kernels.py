@@ -686,9 +686,10 @@ def test_fp16x3_split_keeps_22_bits(tk):
     assert bool((hi.double() != x.double())[normal].any())  # the low half carries something
 
 
-def test_newton_schulz_tall_side_runs_fp16x3_except_the_unbounded_product(tk):
-    """Every float32 product of the tall side runs at "fp16x3" but step 0's A @ A, whose entries reach m (float16's
-    range ends at 65504): that one stays at "tf32x3" (triton_kernels/polar.py)."""
+def test_newton_schulz_tall_side_runs_fp16x3_on_bounded_operands(tk):
+    """Every float32 product of the tall side runs at "fp16x3"; step 0's A @ A, whose entries reach m (float16's
+    range ends at 65504), does so only up to FP16X3_MAX_ROWS rows and stays at "tf32x3" above
+    (triton_kernels/polar.py)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from orthokern import dispatch
@@ -706,5 +707,9 @@ def test_newton_schulz_tall_side_runs_fp16x3_except_the_unbounded_product(tk):
     G = _mat(2, 48, 24, seed=51)
     with Record():
         dispatch.triton_polar().polar_newton_schulz(G, mode="accurate", rcond=1e-3, side="tall")
-    assert calls[1] == ("triton_sym_poly", "tf32x3")
-    assert len(calls) > 6 and all(p == "fp16x3" for i, (_, p) in enumerate(calls) if i != 1), calls
+    assert calls[1][0] == "triton_sym_poly"
+    assert len(calls) > 6 and all(p == "fp16x3" for _, p in calls), calls
+    polar = dispatch.triton_polar()
+    assert polar.step0_poly_precision(polar.FP16X3_MAX_ROWS) == "fp16x3"
+    assert polar.step0_poly_precision(polar.FP16X3_MAX_ROWS + 1) == "tf32x3"
+    assert polar.FP16X3_MAX_ROWS * 2 < 65504  # room for the entries of A and the split's low half

@@ -11,8 +11,8 @@ precision accuracy from Tensor Cores while surpassing the FP32 theoretical peak 
 the last term (2^-22 relative) dropped. Products of 11-bit significands are exact in the float32 accumulator;
 the correction terms go to their own accumulator, so the 2^-11 factor is applied once at the end instead of
 pushing them towards float16's subnormals. The split needs |x| well below float16's largest value (65504): the
-operands it is used on are bounded (``polar._newton_schulz_tall`` says which, and keeps the one unbounded product,
-the first step's A @ A with entries up to m, at "tf32x3"). Entries far below 2^-14 lose relative precision in hi
+operands it is used on are bounded (``polar._newton_schulz_tall`` says which; the first step's A @ A, with entries
+up to m, runs at "tf32x3" above ``polar.FP16X3_MAX_ROWS`` rows). Entries far below 2^-14 lose relative precision in hi
 and lo, but their absolute error stays below 2^-36, far under the float32 rounding of the sums they enter.
 """
 from __future__ import annotations

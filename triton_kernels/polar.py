@@ -123,6 +123,17 @@ def _newton_schulz_gram_side(G: torch.Tensor, mode: str, rcond: float, factor: F
     return _ops().triton_apply(G, Q, scale, 0.0, 1.0, G.dtype, ACCURATE)
 
 
+# Rows up to which step 0's A @ A may run at BOUNDED: A = (s G)^T (s G) has entries below m (|s G| < 1), and the
+# split of triton_kernels/_dot.py needs operands well inside float16's largest value, 65504.
+FP16X3_MAX_ROWS = 16384
+
+
+def step0_poly_precision(m: int) -> str:
+    """The precision of step 0's A @ A for a tall matrix of m rows: BOUNDED while A's entries stay far inside
+    float16's range, else ACCURATE (float32's range)."""
+    return BOUNDED if m <= FP16X3_MAX_ROWS else ACCURATE
+
+
 def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tensor:
     """The steps on X (m x n) itself, each a fused ``ns_step`` (Gram, polynomial, apply with the residual).
 
@@ -144,9 +155,10 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tenso
     # range: s G has entries below 1, P_0 / t below about 110 (t >= ||A||_2^(1/2) >= max|s G| >= 1/2), and every
     # later X, its Gram matrix and its factor are bounded by the normalisation: ||X||_2 < 2, so |A_ij| < 4 and
     # |P_ij| < 55 (tests/test_ns_schedule_and_auto.py: test_fp16x3_operands_stay_bounded checks every schedule).
-    # Only A @ A of step 0 is not (A's entries reach m), so it stays at ACCURATE ("tf32x3", float32's range).
+    # Only A @ A of step 0 is not bounded by the normalisation: A's entries reach m (step0_poly_precision).
     A = ops.triton_sym_gram(G, scale, high == torch.float64, high, 0, BOUNDED)
-    P0 = first_factor(A, ops.triton_sym_poly(A, 0.0, 1.0, ACCURATE), steps[0], out_dtype=dts[0])
+    P0 = first_factor(A, ops.triton_sym_poly(A, 0.0, 1.0, step0_poly_precision(G.shape[-2])), steps[0],
+                      out_dtype=dts[0])
     X = ops.triton_apply(G, P0, scale, 0.0, 1.0, dts[1], BOUNDED)
     for i in range(1, len(steps)):
         step = steps[i]
