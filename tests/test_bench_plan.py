@@ -107,3 +107,17 @@ def test_launch_time_counts_waves_of_programs():
     # memory-bound launches are not affected
     assert _cost.launch_seconds(_cost.Launch("k", {}, 1e9, programs=1), dev) == pytest.approx(1e9 / (dev.bandwidth
                                                                                                    * dev.efficiency))
+
+
+def test_square_cases_are_compared_with_torch_muon(rows):
+    """The square suite plans torch's Muon step (peers.muon_ns5_batched: five bfloat16 quintic steps) on the same
+    matrices: 15 cuBLAS products (three per step) costed by the aten model, and the ratio is printed."""
+    rec = plan.record_peer(plan.cases("square", torch.bfloat16)[1], H100)  # 1 x 4096 x 4096
+    mm = [x for r in rec.records for x in r.launches if x.kernel.startswith("cuBLAS")]
+    assert len(mm) == 15 and all(set(x.flops) == {"tc16"} for x in mm)
+    assert sum(x.flops["tc16"] for x in mm) == pytest.approx(5 * 3 * 2.0 * 4096**3)
+    square = {k: r for k, r in rows.items() if k[0].startswith("1x4096x4096")}
+    assert square and all(r["muon_ns5_graph_s"] > 0 for r in square.values())
+    text = plan.format_plan(list(square.values()), H100)
+    assert "torch's Muon step on the same matrices" in text
+    assert all("muon_ns5_graph_s" not in r for k, r in rows.items() if not k[0].startswith("1x"))

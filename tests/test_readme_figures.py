@@ -79,3 +79,14 @@ def test_readme_quotes_the_plan_in_results_md():
     assert f"the fast one at about {rows['fast'][1]:.1f} ms" in readme, rows
     quoted = int(re.search(r"about (\d+) launches", readme).group(1))
     assert abs(quoted - rows["accurate"][0]) <= 0.05 * rows["accurate"][0], (quoted, rows)
+
+
+def test_readme_quotes_the_modelled_muon_ratio():
+    """The README's "4096 x 4096 bfloat16 ... x the speed of torch's Muon step" is the plan section's ratio."""
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    section = results[results.index("<!-- BEGIN plan -->"):results.index("<!-- END plan -->")]
+    m = re.search(r"^1x4096x4096 +bfloat16 +fast .*\n.*this fast path ([\d.]+)x its speed", section, re.M)
+    assert m, "no Muon comparison for 1x4096x4096 bfloat16 fast in the plan section"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"On a 4096 × 4096 bfloat16 matrix the fast path is modelled at {m.group(1)}x the speed of torch's Muon "
+            "step" in readme)

@@ -54,7 +54,8 @@ def torch_svd_tall(G: torch.Tensor) -> torch.Tensor:
 def muon_ns5_batched(G: torch.Tensor, steps: int = MUON_STEPS) -> torch.Tensor:
     """Muon's quintic on a batch: wide orientation (the small Gram X X^T), bfloat16 throughout."""
     X = G.bfloat16()
-    X = X / torch.linalg.matrix_norm(X).clamp(min=MUON_EPS)[:, None, None]
+    # a view, not indexing: the dry-run plan runs this on fake CUDA tensors (see reference.scaling.per_matrix)
+    X = X / torch.linalg.matrix_norm(X).clamp(min=MUON_EPS).view(-1, 1, 1)
     return _iterate_wide(X, [ns_schedule.MUON_QUINTIC] * steps).to(G.dtype)
 
 

@@ -151,6 +151,9 @@ class Case:
     # ``extra`` 1-D parameters (biases, norm scales), instead of one polar call per bucket.
     optimiser_step: bool = False
     extra: int = 0
+    # Also plan torch's Muon step (``peers.muon_ns5_batched``: five bfloat16 quintic steps in cuBLAS matmuls) on the
+    # same matrices, the fast mode's reference.
+    peer: bool = False
 
 
 # ResNet-50's parameters besides the 54 weight matrices: batch-norm scales and shifts (2 x 26,560) and the fc bias.
@@ -168,7 +171,7 @@ def cases(suite: str, dtype: torch.dtype) -> list[Case]:
     if suite == "tall":
         return [Case(f"{b}x{m}x{n}", [(b, m, n)], dtype) for b, m, n in TALL_SHAPES]
     if suite == "square":
-        return [Case(f"{b}x{m}x{n}", [(b, m, n)], dt) for b, m, n in SQUARE_SHAPES
+        return [Case(f"{b}x{m}x{n}", [(b, m, n)], dt, peer=True) for b, m, n in SQUARE_SHAPES
                 for dt in ((dtype, torch.bfloat16) if dtype != torch.bfloat16 else (dtype,))]
     raise ValueError(f"--suite: one of resnet50, tall, square, all, got {suite!r}")
 
@@ -217,10 +220,28 @@ def record(case: Case, mode: str, device: _cost.DeviceModel, rcond: float = 1e-3
     return rec, methods
 
 
+def record_peer(case: Case, device: _cost.DeviceModel) -> Recorder:
+    """``peers.muon_ns5_batched`` on every bucket of ``case``, recorded on fake CUDA tensors."""
+    from .peers import muon_ns5_batched
+
+    rec = Recorder()
+    with _device_model(device), FakeTensorMode(allow_non_fake_inputs=True):
+        grads = [torch.empty(b, m, n, dtype=case.dtype, device="cuda") for b, m, n in case.shapes]
+        with rec:
+            for G in grads:
+                muon_ns5_batched(G)
+    return rec
+
+
 def plan_case(case: Case, mode: str, device: _cost.DeviceModel, rcond: float = 1e-3) -> dict:
-    """The plan of one case: ``record`` it and total it."""
+    """The plan of one case: ``record`` it and total it (and torch's Muon step on it where ``case.peer``)."""
     rec, methods = record(case, mode, device, rcond)
-    return summarise(case, mode, device, rec, methods)
+    row = summarise(case, mode, device, rec, methods)
+    if case.peer:
+        launches = [x for r in record_peer(case, device).records for x in r.launches]
+        row["muon_ns5_graph_s"] = (sum(_cost.launch_seconds(x, device) for x in launches)
+                                   + len(launches) * device.graph_launch_s)
+    return row
 
 
 def summarise(case: Case, mode: str, device: _cost.DeviceModel, rec: Recorder, methods: list[str]) -> dict:
@@ -279,6 +300,10 @@ def format_plan(rows: Sequence[dict], device: _cost.DeviceModel) -> str:
                    f"{r['per_matrix_eigensolver_loops']:9d} {r['kernels_compiled']:9d} {_fmt_s(r['floor_s']):>10s} "
                    f"{_fmt_s(r['modelled_s']):>10s} {_fmt_s(r['modelled_graph_s']):>10s} "
                    f"{r['modelled_graph_s'] / r['memory_floor_s']:11.1f}  {units}")
+        if r.get("muon_ns5_graph_s"):
+            out.append(f"   torch's Muon step on the same matrices (five bfloat16 quintic steps in cuBLAS): "
+                       f"{_fmt_s(r['muon_ns5_graph_s'])} graph-captured; this {r['mode']} path "
+                       f"{r['muon_ns5_graph_s'] / r['modelled_graph_s']:.2f}x its speed")
         if r["share_of_resnet50_train_step"] is not None:
             share = 100 * r["share_of_resnet50_train_step"]
             out.append(f"   the whole optimiser step, graph-captured: {share:.1f} % of a "
