@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._cost import DEVICES
 from . import _common, _configs, _dot
 from ._common import KernelCall, check_dtype, check_precision, dot_precision, dot_unit, element_size, sm_count
 from ._symmetric import store_symmetric
@@ -134,8 +135,6 @@ def choose_splits(B: int, m: int, n: int, sms: int, unit: str = "tc16", passes: 
     idle and the matrices are long: 108 tiles on 132 SMs take one wave whether split or not (splitting them three
     ways gives three waves of a third), while 1 x 4096 x 64 (one tile) gains nearly the whole device.
     """
-    from .._cost import DEVICES
-
     tiles = B * (-(-n // 64)) * (-(-n // 64) + 1) // 2
     if tiles >= sms:
         return 1

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ns_schedule import NORM_SAFETY
+from ..reference.scaling import _EXPONENTS
 from . import _common
 from ._common import KernelCall, check_dtype, element_size
 
@@ -151,23 +153,11 @@ def first_factor_plan(A: torch.Tensor, A2: torch.Tensor, norm: torch.Tensor, out
     nbytes = B * n * n * (element_size(A.dtype) + element_size(A2.dtype) + element_size(out.dtype))
     return [KernelCall(_first_factor_kernel, "prologue._first_factor_kernel",
                        dict(A=A, A2=A2, NORM=norm, OUT=out, N=n, a_coef=float(a), b_coef=float(b), c_coef=float(c),
-                            safety=float(_safety())), dict(F64=f64, BLOCK=BLOCK),
+                            safety=float(NORM_SAFETY)), dict(F64=f64, BLOCK=BLOCK),
                        grid=lambda META: (triton.cdiv(n * n, META["BLOCK"]), B), bytes=float(nbytes))]
 
 
-def _safety() -> float:
-    from ..ns_schedule import NORM_SAFETY
-
-    return NORM_SAFETY
-
-
 # ---------------------------------------------------------------- entry points
-def _exponent_range(dtype: torch.dtype) -> tuple[int, int]:
-    from ..reference.scaling import _EXPONENTS
-
-    return _EXPONENTS[dtype]
-
-
 def pow2_scale(amax: torch.Tensor, out_dtype: torch.dtype, *, launch: Optional[Callable] = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, finite) per matrix from amax (B,), the largest magnitude of each: 2^-e with amax 2^-e in [0.5, 1),
@@ -181,7 +171,7 @@ def pow2_scale(amax: torch.Tensor, out_dtype: torch.dtype, *, launch: Optional[C
     amax = amax.contiguous()
     scale = torch.empty(amax.shape, dtype=out_dtype, device=amax.device)
     finite = torch.empty(amax.shape, dtype=torch.bool, device=amax.device)
-    _common.run_all(pow2_scale_plan(amax, scale, finite, *_exponent_range(out_dtype)), amax, launch)
+    _common.run_all(pow2_scale_plan(amax, scale, finite, *_EXPONENTS[out_dtype]), amax, launch)
     return scale, finite
 
 

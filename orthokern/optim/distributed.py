@@ -215,7 +215,7 @@ def replicated(blocks: Sequence[torch.Tensor], transforms: Sequence, apply: Appl
             for r, i, m, n in entries:
                 results[i] = recv[offset[r]:offset[r] + m * n].view(m, n)
                 offset[r] += m * n
-    results = [unoriented(r, blocks[b][j]) for r, (b, j) in zip(results, items)]
+    results = [unoriented(r, blocks[b]) for r, (b, _) in zip(results, items)]
     out = []
     pos = 0
     for blk in blocks:

@@ -51,18 +51,14 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
     return X.to(G.dtype)
 
 
-def first_factor(A: torch.Tensor, A2: torch.Tensor, step: ns.Step, *, out_dtype: torch.dtype | None = None,
-                 norm: torch.Tensor | None = None) -> torch.Tensor:
+def first_factor(A: torch.Tensor, A2: torch.Tensor, step: ns.Step) -> torch.Tensor:
     """The first step's factor with the normalisation in it: P_0 / t = (a I + b A / t^2 + c A^2 / t^4) / t, so that
     X P_0 / t is the first step applied to X_0 = X / t, with t = 1.01 ||A^2||_F^{1/4} (ns_schedule.NORM_SAFETY),
-    1 where that is zero (a zero matrix stays zero). ``norm``: ||A2||_F if already at hand. On a GPU one kernel
-    (``triton_kernels/prologue.py``) computes the same from A, A2 and the norm."""
-    if norm is None:
-        norm = torch.linalg.matrix_norm(A2)
-    t = norm.sqrt().sqrt() * ns.NORM_SAFETY
+    1 where that is zero (a zero matrix stays zero). On a GPU one kernel (``triton_kernels/prologue.py``)
+    computes the same from A, A2 and ||A2||_F."""
+    t = torch.linalg.matrix_norm(A2).sqrt().sqrt() * ns.NORM_SAFETY
     t = per_matrix(torch.where(t > 0, t, torch.ones_like(t)))
-    P = step_factor(A / t**2, step, A2 / t**4) / t
-    return P if out_dtype is None else P.to(out_dtype)
+    return step_factor(A / t**2, step, A2 / t**4) / t
 
 
 FirstFactor = Callable[[torch.Tensor, torch.Tensor, ns.Step], torch.Tensor]
