@@ -94,6 +94,42 @@ def launch_seconds(launch: Launch, device: DeviceModel) -> float:
     return max(launch.bytes / (device.bandwidth * device.efficiency), compute)
 
 
+def _tall_steps_seconds(B: int, m: int, n: int, steps: int, quintics: int, elem_bytes: int, unit: str,
+                        device: DeviceModel, passes: int) -> float:
+    """The arithmetic and traffic of ``steps`` steps on X (launch costs apart): per step the symmetric Gram (read X)
+    and the apply (read X, write X), per quintic step the symmetric square of the n x n Gram matrix."""
+    mn, mn2, n3 = B * m * n, B * m * n * n, B * n**3
+    per = [Launch("gram", {unit: passes * mn2}, 2 * elem_bytes * mn),
+           Launch("apply", {unit: passes * 2 * mn2}, 2 * elem_bytes * mn)]
+    return steps * sum(launch_seconds(x, device) for x in per) + quintics * launch_seconds(
+        Launch("poly", {unit: passes * n3}, 0.0), device)
+
+
+def newton_schulz_tall_gram(B: int, m: int, n: int, steps: tuple, switch: int, elem_bytes: int, unit: str,
+                            device: DeviceModel, passes: int = 1) -> float:
+    """Modelled seconds of the tall side handing steps ``switch`` onwards (``steps``: their (a, b, c) tuples) to the
+    n x n side (``triton_kernels/polar.py: late_factor``): the first ``switch`` steps on X as in
+    ``newton_schulz_sides``, the Gram matrix of X_k, per late quintic step the symmetric square and per late step
+    three n x n applies (one on the last step; the first step's Q is R plus a diagonal), and the apply of Q to X_k.
+    Launches at the graph-captured rate. An estimate, like the rest of this module."""
+    early, late = steps[:switch], steps[switch:]
+    mn, mn2, n3, nn = B * m * n, B * m * n * n, B * n**3, B * n * n
+    t = _tall_steps_seconds(B, m, n, len(early), sum(1 for s in early if s[2] != 0.0), elem_bytes, unit, device,
+                            passes)
+    launches = 7 + 3 * len(early)
+    calls = [Launch("gram", {unit: passes * mn2}, elem_bytes * (mn + nn))]
+    for i, s in enumerate(late):
+        last = i + 1 == len(late)
+        if s[2] != 0.0:
+            calls.append(Launch("poly", {unit: passes * n3}, 2 * elem_bytes * nn))
+        applies = (1 if i > 0 else 0) + (0 if last else 2)
+        calls += [Launch("apply", {unit: passes * 2 * n3}, 3 * elem_bytes * nn)] * applies
+        if i == 0:
+            calls.append(Launch("diagonal", {}, 2 * elem_bytes * B * n))
+    calls.append(Launch("apply", {unit: passes * 2 * mn2}, elem_bytes * (2 * mn + nn)))
+    return t + sum(launch_seconds(x, device) for x in calls) + (launches + len(calls)) * device.graph_launch_s
+
+
 def newton_schulz_sides(B: int, m: int, n: int, steps: int, quintics: int, elem_bytes: int, unit: str,
                         device: DeviceModel, passes: int = 1, fused_gram_side: bool = False) -> tuple[float, float]:
     """(tall side, Gram side) modelled seconds of ``steps`` Newton–Schulz steps (``quintics`` of them quintic) on a
@@ -105,15 +141,13 @@ def newton_schulz_sides(B: int, m: int, n: int, steps: int, quintics: int, elem_
     fused kernel runs the whole n x n iteration (``fused_gram_side``), else 9 and one per n x n product. The
     dispatch picks the cheaper."""
     mn, mn2, n3 = B * m * n, B * m * n * n, B * n**3
-    per = [Launch("gram", {unit: passes * mn2}, 2 * elem_bytes * mn),
-           Launch("apply", {unit: passes * 2 * mn2}, 2 * elem_bytes * mn)]
-    tall = steps * sum(launch_seconds(x, device) for x in per) + quintics * launch_seconds(
-        Launch("poly", {unit: passes * n3}, 0.0), device)
+    tall = _tall_steps_seconds(B, m, n, steps, quintics, elem_bytes, unit, device, passes)
     tall += (7 + 3 * steps) * device.graph_launch_s
     g = [Launch("gram", {"fp64_tc": mn2}, 4 * mn), Launch("apply", {"fp64_tc": 2 * mn2}, 8 * mn)]
     products = 4 * quintics + 3 * (steps - quintics)
-    if fused_gram_side:  # the n x n matrices stay in shared memory: A read once, Q written once
-        g.append(Launch("nxn", {"fp64_tc": 2 * n3 * (3.5 * quintics + 2 * (steps - quintics))}, 16 * B * n * n))
+    if fused_gram_side:  # the n x n matrices stay in shared memory: A read once, Q written once; float64 FMA on CUDA
+        # cores, as the kernel's own cost model says (orthokern/compiled.py)
+        g.append(Launch("nxn", {"fma64": 2 * n3 * (3.5 * quintics + 2 * (steps - quintics))}, 16 * B * n * n))
     else:  # one baddbmm per product: three n x n float64 operands read, one written
         g += [Launch("nxn", {"fp64_tc": 2 * n3}, 32 * B * n * n)] * products
     gram_launches = 5 if fused_gram_side else 9 + products

@@ -115,14 +115,19 @@ def _triton_why_not(G: torch.Tensor, env: Env) -> Optional[str]:
     return triton_polar().why_not_shape(G)
 
 
-def newton_schulz_side(B: int, m: int, n: int, mode: str, dtype: torch.dtype, device_type: str) -> str:
+def newton_schulz_side(B: int, m: int, n: int, mode: str, dtype: torch.dtype, device_type: str,
+                       rcond: float = 1e-3) -> str:
     """Which side newton_schulz iterates on for a tall (B, m, n) batch: "gram" (float64 n x n products, one pass over
-    G each for the Gram matrix and the result) or "tall" (three passes over X per step).
+    G each for the Gram matrix and the result), "tall" (three passes over X per step), or "tall_gram" (accurate
+    mode on a GPU: the tall side until ``ns_schedule.switch_step``, then the remaining steps on the n x n Gram matrix
+    of X_k in float32 on the tensor cores and one apply: cheaper than the tall side's last steps once m is a few
+    times n).
 
     On a GPU, whichever the cost model (``orthokern/_cost.py``, H100 spec rates) says is cheaper: in accurate mode
     the Gram side wins at n <= 64 (one fused launch for the whole n x n iteration), from n = 128 to 512 only for
-    tall-skinny batches, from m ~ 12n to 32n depending on n and the batch (the tall side's float32 steps run as
-    three float16 tensor-core passes, "fp16x3"); rarely in fast mode (bfloat16 tensor cores are fast).
+    very tall-skinny batches, from m ~ 24n to 128n depending on n and the batch (the tall side's float32 steps run
+    as three float16 tensor-core passes, "fp16x3"), and "tall_gram" from m ~ 4n to there; rarely in fast mode
+    (bfloat16 tensor cores are fast).
     On a CPU the Gram side whenever m >= 2n: its n x n float64 work is below the tall side's float32 work there, and
     it is far more accurate. float64 input always iterates on the tall side: a Gram matrix squares the
     condition number, which float64 resolves for a float32 result but not to float64's own contract (the same reason
@@ -130,16 +135,21 @@ def newton_schulz_side(B: int, m: int, n: int, mode: str, dtype: torch.dtype, de
     """
     if dtype == torch.float64:
         return "tall"
-    steps = ns_schedule.steps_for(mode, 1e-3, n, compute_dtype(dtype))
+    steps = ns_schedule.steps_for(mode, rcond, n, compute_dtype(dtype))
     if device_type != "cuda":
         return "gram" if m >= 2 * n else "tall"
     quintics = sum(1 for s in steps if s.c != 0.0)
     # fast: bfloat16 steps; accurate: float32 steps as three float16 passes ("fp16x3", triton_kernels/_dot.py)
     unit, elem, passes = ("tc16", 2, 1) if mode == "fast" else ("tc16", 4, 3)
     fused = n <= compiled.LIMITS["cuda_small_max_n"]  # backend "cuda": the whole n x n iteration in one launch
-    tall, gram = _cost.newton_schulz_sides(B, m, n, len(steps), quintics, elem, unit, _cost.DEVICES["h100"], passes,
-                                           fused)
-    return "gram" if gram < tall else "tall"
+    device = _cost.DEVICES["h100"]
+    tall, gram = _cost.newton_schulz_sides(B, m, n, len(steps), quintics, elem, unit, device, passes, fused)
+    costs = {"tall": tall, "gram": gram}
+    switch = ns_schedule.switch_step(mode, rcond, n, compute_dtype(dtype))
+    if switch is not None:
+        costs["tall_gram"] = _cost.newton_schulz_tall_gram(B, m, n, tuple(s[:3] for s in steps), switch, elem, unit,
+                                                           device, passes)
+    return min(costs, key=costs.get)
 
 
 def _triton_gram_eigh(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
@@ -151,7 +161,7 @@ def _gram_side_factor(A: torch.Tensor, steps) -> torch.Tensor:
 
 
 def _triton_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
-    side = newton_schulz_side(*G.shape, mode, G.dtype, G.device.type)
+    side = newton_schulz_side(*G.shape, mode, G.dtype, G.device.type, rcond)
     return triton_polar().polar_newton_schulz(G, mode=mode, rcond=rcond, side=side, factor=_gram_side_factor)
 
 
@@ -171,9 +181,11 @@ def _cuda_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Te
 
 
 def _torch_newton_schulz(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
-    if newton_schulz_side(*G.shape, mode, G.dtype, G.device.type) == "gram":
+    side = newton_schulz_side(*G.shape, mode, G.dtype, G.device.type, rcond)
+    if side == "gram":
         return reference.newton_schulz.polar_newton_schulz_gram_side(G, mode=mode, rcond=rcond)
-    return reference.polar_newton_schulz(G, mode=mode, rcond=rcond)
+    switch = ns_schedule.switch_step(mode, rcond, G.shape[-1], compute_dtype(G.dtype)) if side == "tall_gram" else None
+    return reference.polar_newton_schulz(G, mode=mode, rcond=rcond, switch=switch)
 
 
 def _torch_cholqr2(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:

@@ -21,7 +21,7 @@ No step depends on the data, so the iteration never synchronises with the device
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -50,6 +50,14 @@ NORM_SAFETY = 1.01
 ROUNDING_CUSHION = 1.01
 # The greedy quintics stop, and the cubic polish starts, once every value is within this of 1.
 POLISH_FROM = 1e-2
+
+# The accurate tall side may hand its last steps to the n x n side (``switch_step``) once every significant singular
+# value of X is at least this: the Gram matrix of X then has condition at most 1 / SWITCH_FROM^2 = 25, which float32
+# products resolve about as well as the tall side's (measured on float32 decaying and rank-deficient spectra, n = 64,
+# 256 and 512: E and ||O||_2 - 1 within about 2e-6 of the tall side's when switching at a lower bound of 0.24-0.3;
+# switching one step earlier, at 0.07-0.08, left ||O||_2 - 1 up to 1.3e-5), while each late step costs n^3
+# multiply-adds instead of m n^2.
+SWITCH_FROM = 0.2
 
 # Fast mode: the paper's first six steps, in bfloat16 on a GPU. Six, not Muon's five: with the symmetric products
 # of the Triton kernels (one triangle of X^T X, one of A^2) six steps cost 18 m n^2 + 6 n^3 multiply-adds against
@@ -171,6 +179,22 @@ def steps_for(mode: str, rcond: float, n: int, compute_dtype: torch.dtype) -> tu
     """The schedule every backend runs for n singular values iterated in ``compute_dtype`` (float32/float64):
     polished to 8 eps of that dtype, cached per power-of-two bucket of n."""
     return schedule(mode, float(rcond), n_bucket(n), 8 * torch.finfo(compute_dtype).eps)
+
+
+def switch_step(mode: str, rcond: float, n: int, compute_dtype: torch.dtype) -> Optional[int]:
+    """The first step of ``steps_for(...)`` that may run on the n x n side after the earlier ones ran on X: a
+    quintic step k >= 1 (step 0 carries the normalisation) before which the simulated significant singular values
+    are all at least SWITCH_FROM, with at least two steps left; None in fast mode (its bfloat16 products cannot
+    carry a Gram matrix's squared condition) or when no step qualifies."""
+    if mode != "accurate":
+        return None
+    steps = steps_for(mode, rcond, n, compute_dtype)
+    x = np.geomspace(lower_bound(n_bucket(n), float(rcond)), 1.0 / NORM_SAFETY, 2000)
+    for k, step in enumerate(steps):
+        if k >= 1 and step.c != 0.0 and len(steps) - k >= 2 and x.min() >= SWITCH_FROM:
+            return k
+        x = _apply(x, step)
+    return None
 
 
 def n_bucket(n: int) -> int:

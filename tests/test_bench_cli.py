@@ -22,7 +22,7 @@ TINY = ["--shapes", "2x24x8,12x20", "--spectra", "decaying", "--quick", "--no-pr
 def _run(tmp_path, capsys, *extra):
     """One small case (the later --shapes wins over TINY's), for the tests that need a run but not two cases."""
     out = tmp_path / "out"
-    rc = cli.main([*TINY, "--shapes", "2x24x8", "--out", str(out), *extra])
+    rc = cli.main([*TINY, "--shapes", "2x24x8", "--no-floor", "--out", str(out), *extra])
     captured = capsys.readouterr()
     data = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else None
     return rc, captured.out, captured.err, data
@@ -90,7 +90,8 @@ def test_speedups_are_paired_round_ratios(default_run):
         assert r["speedup_cpu"] == pytest.approx(statistics.median(
             s / t for s, t in zip(svd["cpu_rounds"], r["cpu_rounds"])))
         assert r["median_s"] > 0 and r["cpu_s"] > 0 and r["finite"]
-        assert r["floor_ratio"] is None  # no floor on a CPU
+        # The floor is measured in the same run on a CPU too: time over max(bytes / copy rate, flops / matmul rate).
+        assert r["floor_s"] > 0 and r["floor_ratio"] == pytest.approx(r["median_s"] / r["floor_s"])
     assert data["violations"] == []
     assert data["meta"]["threads"] == 1 and data["meta"]["cores"] >= 1
 
@@ -106,6 +107,7 @@ def test_default_run_writes_a_paired_plot_and_results_md(default_run):
     assert "<!-- BEGIN cpu -->" in md and "No GPU run has been made yet" in md
     assert "| custom | 2x24x8 | f32 | decaying |" in md
     assert "polar(G) vs torch.linalg.svd:" in md and "<summary>Every method</summary>" in md
+    assert "- measured floor rates: copy " in md and " its floor" in md
 
 
 def test_detail_and_backends(tmp_path, capsys):

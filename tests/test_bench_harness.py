@@ -99,9 +99,19 @@ def test_floor_is_max_of_memory_and_compute():
     # Accurate Newton–Schulz runs more float32 steps than the fast mode's bfloat16 ones.
     assert floor.floor_seconds(rates, "newton_schulz", "accurate", case) > \
         floor.floor_seconds(rates, "newton_schulz", "fast", case)
-    assert floor.measure_rates("cpu") is None
+    # The Gram matrix of gram_eigh is float64 in either mode; accurate mode on a CPU picks the same method.
+    assert floor.method_flops("gram_eigh", "fast", case) == floor.method_flops("gram_eigh", "accurate", case)
+    assert floor.method_flops("auto", "accurate", case, "cpu") == floor.method_flops("gram_eigh", "accurate", case)
+    assert floor.measure_rates("meta") is None
     with pytest.raises(ValueError, match="method"):
         floor.method_flops("qr", "accurate", case)
+
+
+def test_floor_rates_are_measured_on_the_cpu():
+    rates = floor.measure_rates("cpu", sizes=(8, {"float32": 128, "bfloat16": 32, "float64": 128}))
+    assert rates.copy_bytes_per_s > 0
+    assert set(rates.matmul_flops_per_s) == {"float32", "bfloat16", "float64"}
+    assert all(r > 0 for r in rates.matmul_flops_per_s.values())
 
 
 def test_make_cases_quick_and_full():

@@ -87,10 +87,13 @@ def test_auto_rule(m, n, device, mode, rcond, dtype, expected):
 @pytest.mark.parametrize(
     "B,m,n,device,mode,side",
     [
-        (1, 4096, 128, "cuda", "accurate", "gram"),  # tall-skinny: the n x n work is small next to G
-        # at n = 512 the float64 n x n iteration costs more than fp16x3 steps on X (triton_kernels/_dot.py)
-        (1, 4608, 512, "cuda", "accurate", "tall"),
+        (1, 16384, 128, "cuda", "accurate", "gram"),  # tall-skinny: the n x n work is small next to G
+        # the float64 n x n iteration costs more than fp16x3 steps on X (triton_kernels/_dot.py), whose last
+        # steps are cheaper still on the n x n side once m is a few times n (ns_schedule.switch_step)
+        (1, 4096, 128, "cuda", "accurate", "tall_gram"),
+        (1, 4608, 512, "cuda", "accurate", "tall_gram"),
         (1, 1152, 1024, "cuda", "accurate", "tall"),  # square-ish and large: the tall side's tensor cores win
+        (1, 4608, 512, "cuda", "fast", "tall"),  # bfloat16 products cannot carry the late Gram side
         (1, 4096, 4096, "cuda", "fast", "tall"),
         (256, 576, 64, "cuda", "accurate", "gram"),
         (1, 300, 100, "cpu", "accurate", "gram"),

@@ -183,6 +183,45 @@ def test_newton_schulz_gram_side_fast_and_edge_cases():
 
 
 @interp
+@pytest.mark.parametrize("kind", ["decaying", "rank_deficient", "well"])
+def test_newton_schulz_tall_then_gram_side(kind):
+    """side="tall_gram": the accurate tall side hands its last steps to the n x n side (ns_schedule.switch_step) on
+    the fp16x3 kernels. Same contract, the reference's algorithm, and within float32 rounding of the tall side."""
+    from orthokern import ns_schedule
+    from orthokern.dispatch import triton_polar
+    from orthokern.reference.newton_schulz import polar_newton_schulz
+
+    G = random_matrix(2, 9 * 24 + 5, 24, kind, device=DEVICE, seed=16)
+    G[1, 0, 0] = float("nan")
+    k = ns_schedule.switch_step("accurate", 1e-3, 24, torch.float32)
+    assert k is not None and 1 <= k < len(ns_schedule.steps_for("accurate", 1e-3, 24, torch.float32)) - 1
+    O = triton_polar().polar_newton_schulz(G, mode="accurate", rcond=1e-3, side="tall_gram")
+    assert O[1].isnan().all()
+    acc = assert_contract(G[:1], O[:1])
+    assert acc.norm2 <= 1 + 1e-5 and acc.E <= 1e-5
+    R = polar_newton_schulz(G[:1].cpu(), mode="accurate", rcond=1e-3, switch=k)
+    T = triton_polar().polar_newton_schulz(G[:1], mode="accurate", rcond=1e-3, side="tall")
+    # (float32 rounding in the directions below rcond, which the contract leaves free, differs most: 5e-5 on the
+    # rank-deficient spectrum, 1e-5 elsewhere.)
+    assert (O[:1].cpu() - R).abs().max() <= 1e-4 and (O[:1] - T).abs().max() <= 1e-4
+    with pytest.raises(ValueError, match="no switch step"):
+        triton_polar().polar_newton_schulz(G, mode="fast", rcond=1e-3, side="tall_gram")
+
+
+def test_reference_switch_is_checked_and_late_factor_needs_a_quintic():
+    from orthokern import ns_schedule
+    from orthokern.reference.newton_schulz import polar_newton_schulz
+
+    G = random_matrix(1, 30, 6, "decaying", seed=17)
+    with pytest.raises(ValueError, match="switch must be"):
+        polar_newton_schulz(G, rcond=1e-3, switch=0)
+    assert ns_schedule.switch_step("fast", 1e-3, 64, torch.float32) is None
+    steps = ns_schedule.steps_for("accurate", 1e-3, 64, torch.float32)
+    k = ns_schedule.switch_step("accurate", 1e-3, 64, torch.float32)
+    assert steps[k].c != 0.0 and steps[k - 1].c != 0.0
+
+
+@interp
 @pytest.mark.parametrize("dtype,scale", [(torch.float64, 1e-160), (torch.float64, 1e160), (torch.float64, 1e-300),
                                          (torch.float32, 1e-40), (torch.float16, 1.0)])
 def test_gram_side_at_extreme_scales(dtype, scale):

@@ -91,14 +91,13 @@ def test_ops_compile_with_inductor():
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(G), f(G))
 
 
-@pytest.mark.parametrize("side", ["tall", "gram"])
-def test_newton_schulz_both_sides_real_size(side):
+@pytest.mark.parametrize("side", ["tall", "gram", "tall_gram"])
+def test_newton_schulz_every_side_real_size(side):
     from orthokern.dispatch import triton_polar
 
-    polar_newton_schulz = triton_polar().polar_newton_schulz
-
+    tp = triton_polar()
     G = random_matrix(8, 4608, 512, "decaying", device="cuda", seed=7)
-    O = polar_newton_schulz(G, mode="accurate", rcond=1e-3, side=side)
+    O = tp.polar_newton_schulz(G, mode="accurate", rcond=1e-3, side=side, factor=tp.gram_side_factor)
     acc = accuracy(G[:2], O[:2])
     assert acc.E <= E_BOUND[torch.float32] and acc.norm2 <= 1 + NORM_SLACK[torch.float32], acc
 

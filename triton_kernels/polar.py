@@ -97,17 +97,26 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
     return _ops().triton_apply(G, M, s1.to(work), 0.0, 1.0, G.dtype, ACCURATE)
 
 
+SIDES = ("tall", "gram", "tall_gram")
+
+
 def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float, side: str = "tall",
                         factor: Factor | None = None) -> torch.Tensor:
-    """The reference's schedule and normalisation, iterated on X (``side="tall"``) or on its n x n Gram matrix
-    (``side="gram"``, with ``factor(A, steps) -> Q`` computing the n x n factor)."""
+    """The reference's schedule and normalisation, iterated on X (``side="tall"``), on its n x n Gram matrix
+    (``side="gram"``, with ``factor(A, steps) -> Q`` computing the n x n factor), or on X and then, from
+    ``ns_schedule.switch_step`` on, on the n x n side (``side="tall_gram"``, accurate mode)."""
     if side == "gram":
         if factor is None:
             raise ValueError("newton_schulz: side='gram' needs factor=")
         return _newton_schulz_gram_side(G, mode, rcond, factor)
-    if side != "tall":
-        raise ValueError(f"newton_schulz: side must be 'tall' or 'gram', got {side!r}")
-    return _newton_schulz_tall(G, mode, rcond)
+    if side not in SIDES:
+        raise ValueError(f"newton_schulz: side must be one of {SIDES}, got {side!r}")
+    switch = None
+    if side == "tall_gram":
+        switch = ns.switch_step(mode, rcond, G.shape[-1], compute_dtype(G.dtype))
+        if switch is None:
+            raise ValueError(f"newton_schulz: side='tall_gram' has no switch step in {mode} mode at rcond={rcond}")
+    return _newton_schulz_tall(G, mode, rcond, switch)
 
 
 def _newton_schulz_gram_side(G: torch.Tensor, mode: str, rcond: float, factor: Factor) -> torch.Tensor:
@@ -134,8 +143,40 @@ def step0_poly_precision(m: int) -> str:
     return BOUNDED if m <= FP16X3_MAX_ROWS else ACCURATE
 
 
-def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tensor:
-    """The steps on X (m x n) itself, each a fused ``ns_step`` (Gram, polynomial, apply with the residual).
+def late_factor(Y: torch.Tensor, steps: tuple, precision: str = BOUNDED) -> torch.Tensor:
+    """``reference.newton_schulz.late_factor`` on the kernels: the n x n factor Q of ``steps`` from Y = X^T X, in
+    Y's dtype. Everything is a polynomial in Y and commutes, so with R = b Y + c Y^2 (``triton_sym_poly``) a step is
+
+        Q <- a Q + Q R,     P Y = a Y + Y R,     Y <- a (P Y) + (P Y) R,
+
+    three applies with the residual in their epilogue (``triton_apply`` on n x n operands); a cubic step uses Y
+    itself with b in the apply's beta. The first step's Q is a I + R, made by adding a to R's diagonal after R's
+    last use; the last step skips Y. Operands stay bounded for fp16x3: |Y| < 2 as the tall side's A, |R| < 55, and Q
+    is a product of factors a I + R below the product of the a's of the late steps (about 15)."""
+    if not steps or steps[0].c == 0.0:
+        raise ValueError("newton_schulz: late_factor needs steps that start with a quintic")
+    ops = _ops()
+    Q = None
+    for i, step in enumerate(steps):
+        last = i + 1 == len(steps)
+        R = ops.triton_sym_poly(Y, step.b, step.c, precision) if step.c != 0.0 else Y
+        beta = 1.0 if step.c != 0.0 else step.b
+        if Q is not None:
+            Q = ops.triton_apply(Q, R, None, step.a, beta, Y.dtype, precision)
+        if not last:
+            PY = ops.triton_apply(Y, R, None, step.a, beta, Y.dtype, precision)
+            Y_next = ops.triton_apply(PY, R, None, step.a, beta, Y.dtype, precision)
+        if Q is None:
+            Q = R
+            Q.diagonal(dim1=-2, dim2=-1).add_(step.a)  # after R's last use
+        if not last:
+            Y = Y_next
+    return Q
+
+
+def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float, switch: int | None = None) -> torch.Tensor:
+    """The steps on X (m x n) itself, each a fused ``ns_step`` (Gram, polynomial, apply with the residual); with
+    ``switch`` = k, steps k onwards on the n x n side (``late_factor``) and one apply of their factor to X_k.
 
     Step 0 reads G raw: one reduction gives the power-of-two scale, the Gram kernel applies it on load, and the first
     apply reads G again with the scale and writes X_1 = (s G / t) P_0 in the next step's dtype, P_0 = a I + b A + c A^2
@@ -162,5 +203,8 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float) -> torch.Tenso
     X = ops.triton_apply(G, P0, scale, 0.0, 1.0, dts[1], BOUNDED)
     for i in range(1, len(steps)):
         step = steps[i]
+        if i == switch:
+            Y = ops.triton_sym_gram(X, None, X.dtype == torch.float64, X.dtype, 0, BOUNDED)
+            return ops.triton_apply(X, late_factor(Y, steps[i:]), None, 0.0, 1.0, G.dtype, BOUNDED)
         X = ns_step(X, step.a, step.b, step.c, out_dtype=dts[i + 1], precision=BOUNDED)
     return X.to(G.dtype)

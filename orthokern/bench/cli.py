@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads while benchmarking (default on a CPU: 1, restored after; on a GPU: "
                    "torch's). On a shared CPU more threads make small calls wait for descheduled threads")
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip measuring the floor (copy bandwidth, matmul rates: a few seconds on a CPU); the "
+                        "'floor x' column is then n/a")
     p.add_argument("--train-batch", type=int, default=None,
                    help="train suite: batch size (default: 256 on a GPU, 32 with --quick; 2 on a CPU)")
     p.add_argument("--train-image", type=int, default=None,
@@ -239,10 +242,11 @@ def _polar_suites(args, device, command, names, dtypes, spectra, shapes, methods
             print(w, file=sys.stderr)
 
     rates = None
-    if device.type == "cuda":
+    if not args.no_floor:
         if not args.no_progress:
             print("measuring the floor (copy bandwidth, matmul rates)...", file=sys.stderr)
         rates = floor_mod.measure_rates(device)
+    if rates is not None:
         meta["floor_rates"] = rates.as_dict()
     loads = []
     t0 = time.perf_counter()
@@ -266,8 +270,7 @@ def _polar_suites(args, device, command, names, dtypes, spectra, shapes, methods
         print(report.format_detail(records))
     if rates is not None:
         r = meta["floor_rates"]
-        print(f"\nfloor: copy {r['copy_GBps']:.0f} GB/s, matmul " +
-              ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in r["matmul_TFLOPs"].items()))
+        print(f"\nfloor: {report.floor_rates_text(r)}")
     if skipped:
         reasons = list(dict.fromkeys((s["entry"], s["reason"]) for s in skipped))
         print(f"\nskipped {len(skipped)} combinations that cannot run here:")

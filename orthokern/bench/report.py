@@ -103,6 +103,16 @@ def header_lines(meta: dict) -> list[str]:
     return machine_lines(meta) + [how]
 
 
+def _rate(tflops: float) -> str:
+    return f"{tflops:.1f} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.1f} GFLOP/s"
+
+
+def floor_rates_text(rates: dict) -> str:
+    """The measured floor rates (``floor.DeviceRates.as_dict()``) in one line ("copy N GB/s; matmul ...")."""
+    mm = ", ".join(f"{k} {_rate(v)}" for k, v in rates["matmul_TFLOPs"].items())
+    return f"copy {rates['copy_GBps']:.1f} GB/s; matmul {mm}"
+
+
 def busy_warnings(meta: dict) -> list[str]:
     out = []
     cores, threads = meta["cores"], meta["threads"]
@@ -162,7 +172,7 @@ def _with_cpu(rec: Optional[dict]) -> str:
 
 
 SUMMARY_COLUMNS = ("suite", "shape", "dtype", "spectrum", "polar(G)", "runs", "svd", "speed-up", "q20-q80",
-                   "vs svd(Gᵀ)", "E polar(G)", "E svd", "best accurate peer (vs svd, E)")
+                   "vs svd(Gᵀ)", "floor x", "E polar(G)", "E svd", "best accurate peer (vs svd, E)")
 
 
 def summary_rows(records: Sequence[dict]) -> list[list[str]]:
@@ -178,6 +188,7 @@ def summary_rows(records: Sequence[dict]) -> list[list[str]]:
             suite, shape, DTYPE_SHORT.get(dtype, dtype), spectrum, _with_cpu(p), p["ran_on"] if p else "-",
             _with_cpu(s), speedup, spread,
             fmt_x(p["speedup_vs_svd_tall"]) if p is not None and tall is not None else "-",
+            "-" if p is None or p.get("floor_ratio") is None else fmt_x(p["floor_ratio"]),
             fmt_E(p), fmt_E(s), _peer_text(best_peer(recs)),
         ])
     return rows
@@ -218,6 +229,8 @@ def answer_lines(records: Sequence[dict]) -> list[str]:
                 f"{cpu}, E = {fmt_E(p)} (svd {fmt_E(s)})")
         if recs.get(BASELINE_TALL) is not None and p["speedup_vs_svd_tall"] is not None:
             text += f"; vs svd of Gᵀ: {faster(p['speedup_vs_svd_tall'])}"
+        if p.get("floor_ratio") is not None:
+            text += f"; {fmt_x(p['floor_ratio'])} its floor"
         lines.append(text)
     return lines
 
@@ -341,8 +354,7 @@ def results_section(meta: dict, records, skipped, violations, rates: Optional[di
                      f"{_load(meta.get('load_start'))}, highest between cases {_load(meta.get('load_max'))}")
         lines += [f"- {w}" for w in busy_warnings(meta)]
     if rates:
-        mm = ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in rates["matmul_TFLOPs"].items())
-        lines.append(f"- measured floor rates: copy {rates['copy_GBps']:.0f} GB/s; matmul {mm}")
+        lines.append(f"- measured floor rates: {floor_rates_text(rates)}")
     reduced = sorted({(r["suite"], r["shape"], r["full_shape"]) for r in records if r.get("full_shape")})
     if reduced:
         lines.append("- reduced sizes (--quick): " + ", ".join(f"{s} {q} (full {f})" for s, q, f in reduced))

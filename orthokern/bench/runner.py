@@ -288,7 +288,8 @@ def _run_case(case: Case, entries: Sequence[Entry], device: torch.device, rates,
         if base_tall is not None:
             rec["speedup_vs_svd_tall"] = t.ratio_to(base_tall).inverse().median
         if rates is not None:
-            fl = floor_mod.floor_seconds(rates, entry.method, entry.mode if not entry.is_peer else "fast", case)
+            fl = floor_mod.floor_seconds(rates, entry.method, entry.mode if not entry.is_peer else "fast", case,
+                                         torch.device(device).type)
             rec["floor_s"], rec["floor_ratio"] = fl, spread.median / fl
         rec["violation"] = check(rec, muon_E)
         recs.append(rec)

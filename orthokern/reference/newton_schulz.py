@@ -35,20 +35,36 @@ def step_factor(A: torch.Tensor, step: ns.Step, A2: torch.Tensor | None = None) 
     return P
 
 
-def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float) -> torch.Tensor:
+def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
+                        switch: int | None = None) -> torch.Tensor:
+    """The steps on X. With ``switch`` = k (``ns_schedule.switch_step``), steps k onwards run on the n x n side
+    instead: Y = X_k^T X_k, Q = ``late_factor(Y, steps[k:])``, the result X_k Q. Their products are n^3 each
+    instead of m n^2, in the same dtype: by step k every significant singular value of X_k is at least
+    ns_schedule.SWITCH_FROM, so Y's condition is at most 16 and squaring it costs nothing the dtype notices."""
     X, _ = prepare(G)
     high = X.dtype
     low = low_precision_dtype(G) if mode == "fast" else high
     steps = ns.steps_for(mode, rcond, X.shape[-1], high)
+    if switch is not None and not 1 <= switch < len(steps):
+        raise ValueError(f"newton_schulz: switch must be in [1, {len(steps)}), got {switch}")
 
     A = X.mT @ X
     P = first_factor(A, A @ A, steps[0])
     for i, step in enumerate(steps):
         X = X.to(low if step.precision == "low" else high)
+        if i == switch:
+            return (X @ late_factor(X.mT @ X, steps[i:])).to(G.dtype)
         if i > 0:
             P = step_factor(X.mT @ X, step)
         X = X @ P.to(X.dtype)
     return X.to(G.dtype)
+
+
+def late_factor(Y: torch.Tensor, steps: tuple[ns.Step, ...]) -> torch.Tensor:
+    """The n x n factor Q with X Q = the result of ``steps`` applied to X, from Y = X^T X alone, X already
+    normalised (``gram_side_factor`` with no normalisation in its first step). On a GPU the same products run on the
+    Triton kernels (``triton_kernels/polar.py: late_factor``)."""
+    return gram_side_factor(Y, steps, first=lambda A, A2, step: step_factor(A, step, A2))
 
 
 def first_factor(A: torch.Tensor, A2: torch.Tensor, step: ns.Step) -> torch.Tensor:
