@@ -147,8 +147,7 @@ def newton_schulz_side(B: int, m: int, n: int, mode: str, dtype: torch.dtype, de
     costs = {"tall": tall, "gram": gram}
     switch = ns_schedule.switch_step(mode, rcond, n, compute_dtype(dtype))
     if switch is not None:
-        costs["tall_gram"] = _cost.newton_schulz_tall_gram(B, m, n, tuple(s[:3] for s in steps), switch, elem, unit,
-                                                           device, passes)
+        costs["tall_gram"] = _cost.newton_schulz_tall_gram(B, m, n, steps, switch, elem, unit, device, passes)
     return min(costs, key=costs.get)
 
 

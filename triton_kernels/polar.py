@@ -163,14 +163,12 @@ def late_factor(Y: torch.Tensor, steps: tuple, precision: str = BOUNDED) -> torc
         beta = 1.0 if step.c != 0.0 else step.b
         if Q is not None:
             Q = ops.triton_apply(Q, R, None, step.a, beta, Y.dtype, precision)
-        if not last:
+        if not last:  # (R is Y itself only on cubic steps, whose Q was updated above)
             PY = ops.triton_apply(Y, R, None, step.a, beta, Y.dtype, precision)
-            Y_next = ops.triton_apply(PY, R, None, step.a, beta, Y.dtype, precision)
+            Y = ops.triton_apply(PY, R, None, step.a, beta, Y.dtype, precision)
         if Q is None:
             Q = R
             Q.diagonal(dim1=-2, dim2=-1).add_(step.a)  # after R's last use
-        if not last:
-            Y = Y_next
     return Q
 
 

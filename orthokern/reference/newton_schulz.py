@@ -40,7 +40,7 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
     """The steps on X. With ``switch`` = k (``ns_schedule.switch_step``), steps k onwards run on the n x n side
     instead: Y = X_k^T X_k, Q = ``late_factor(Y, steps[k:])``, the result X_k Q. Their products are n^3 each
     instead of m n^2, in the same dtype: by step k every significant singular value of X_k is at least
-    ns_schedule.SWITCH_FROM, so Y's condition is at most 16 and squaring it costs nothing the dtype notices."""
+    ns_schedule.SWITCH_FROM, so Y's condition is at most 25 and squaring it costs nothing the dtype notices."""
     X, _ = prepare(G)
     high = X.dtype
     low = low_precision_dtype(G) if mode == "fast" else high
