@@ -108,8 +108,8 @@ def _tall_steps_seconds(B: int, m: int, n: int, steps: int, quintics: int, elem_
 def newton_schulz_tall_gram(B: int, m: int, n: int, steps: tuple, switch: int, elem_bytes: int, unit: str,
                             device: DeviceModel, passes: int = 1) -> float:
     """Modelled seconds of the tall side handing steps ``switch`` onwards (``steps``: (a, b, c, ...) tuples, as
-    ns_schedule.Step) to the n x n side (``triton_kernels/polar.py: late_factor``): the first ``switch`` steps on X as in
-    ``newton_schulz_sides``, the Gram matrix of X_k, per late quintic step the symmetric square and per late step
+    ns_schedule.Step) to the n x n side (``triton_kernels/polar.py: late_factor``): the first ``switch`` steps on X
+    as in ``newton_schulz_sides``, the Gram matrix of X_k, per late quintic step the symmetric square and per late step
     three n x n applies (one on the last step; the first step's Q is R plus a diagonal), and the apply of Q to X_k.
     Launches at the graph-captured rate. An estimate, like the rest of this module."""
     early, late = steps[:switch], steps[switch:]
