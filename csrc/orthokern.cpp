@@ -17,7 +17,7 @@ TORCH_LIBRARY(orthokern, m) {
   m.def("cholqr2_polar(Tensor G, float rcond) -> Tensor");
   // The n x n factor Q of newton_schulz on the Gram side (orthokern/reference/newton_schulz.py, gram_side_factor)
   // for a batch of float64 Gram matrices (B, n, n), n <= 64; coeffs = (a, b, c) per step, flattened. CUDA: one
-  // thread block per matrix, one launch. CPU: the kernel's twin, for tests.
+  // thread block per matrix, one launch, float64 tensor cores. CPU: the kernel's twin, for tests.
   m.def("gram_ns_factor(Tensor A, float[] coeffs) -> Tensor");
   // The largest column norm of each matrix of O (B, m, n), any strides: (B,) in float64 for float64 O, else float32;
   // NaN where the matrix holds a NaN. The breakdown guard of auto on the CPU (orthokern/dispatch.py, broken).
@@ -43,7 +43,8 @@ extern "C" PyObject* PyInit__C(void) {
     Py_DECREF(m);
     return nullptr;
   }
-  PyObject* lim = Py_BuildValue("{s:i}", "cuda_small_max_n", orthokern::limits::kCudaSmallMaxN);
+  PyObject* lim = Py_BuildValue("{s:i,s:i}", "cuda_small_max_n", orthokern::limits::kCudaSmallMaxN,
+                                "cuda_small_mma_tile", orthokern::limits::kCudaSmallMmaTile);
   if (lim == nullptr || PyModule_AddObject(m, "LIMITS", lim) < 0) {
     Py_XDECREF(lim);
     Py_DECREF(m);

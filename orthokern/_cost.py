@@ -131,24 +131,24 @@ def newton_schulz_tall_gram(B: int, m: int, n: int, steps: tuple, switch: int, e
 
 
 def newton_schulz_sides(B: int, m: int, n: int, steps: int, quintics: int, elem_bytes: int, unit: str,
-                        device: DeviceModel, passes: int = 1, fused_gram_side: bool = False) -> tuple[float, float]:
+                        device: DeviceModel, passes: int = 1, fused_nxn_flops: float | None = None
+                        ) -> tuple[float, float]:
     """(tall side, Gram side) modelled seconds of ``steps`` Newton–Schulz steps (``quintics`` of them quintic) on a
     tall (B, m, n) batch: the tall side in ``passes`` passes on ``unit`` on elements of ``elem_bytes`` (read X twice
     and write it once per step; FLOPs of the symmetric Gram, its square and the apply), the Gram side as a float64
     Gram, the n x n float64 products (four per quintic step and three per cubic one, each reading three n x n
-    operands and writing one, unless one fused kernel keeps them on chip), and a float64 apply. Each side also pays its
-    launches at the graph-captured rate: the tall side 7 before its steps and 3 per step, the Gram side 5 where one
-    fused kernel runs the whole n x n iteration (``fused_gram_side``), else 9 and one per n x n product. The
-    dispatch picks the cheaper."""
+    operands and writing one, unless one fused kernel keeps them on chip: then ``fused_nxn_flops``, its float64
+    tensor-core FLOPs, ``compiled.gram_ns_factor_flops``), and a float64 apply. Each side also pays its launches at
+    the graph-captured rate: the tall side 7 before its steps and 3 per step, the Gram side 5 where one fused kernel
+    runs the whole n x n iteration, else 9 and one per n x n product. The dispatch picks the cheaper."""
     mn, mn2, n3 = B * m * n, B * m * n * n, B * n**3
     tall = _tall_steps_seconds(B, m, n, steps, quintics, elem_bytes, unit, device, passes)
     tall += (7 + 3 * steps) * device.graph_launch_s
     g = [Launch("gram", {"fp64_tc": mn2}, 4 * mn), Launch("apply", {"fp64_tc": 2 * mn2}, 8 * mn)]
     products = 4 * quintics + 3 * (steps - quintics)
-    if fused_gram_side:  # the n x n matrices stay in shared memory: A read once, Q written once; float64 FMA on CUDA
-        # cores, as the kernel's own cost model says (orthokern/compiled.py)
-        g.append(Launch("nxn", {"fma64": 2 * n3 * (3.5 * quintics + 2 * (steps - quintics))}, 16 * B * n * n))
+    if fused_nxn_flops is not None:  # the n x n matrices stay in shared memory: A read once, Q written once
+        g.append(Launch("nxn", {"fp64_tc": fused_nxn_flops}, 16 * B * n * n))
     else:  # one baddbmm per product: three n x n float64 operands read, one written
         g += [Launch("nxn", {"fp64_tc": 2 * n3}, 32 * B * n * n)] * products
-    gram_launches = 5 if fused_gram_side else 9 + products
+    gram_launches = 5 if fused_nxn_flops is not None else 9 + products
     return tall, sum(launch_seconds(x, device) for x in g) + gram_launches * device.graph_launch_s

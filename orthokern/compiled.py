@@ -87,15 +87,26 @@ def column_norm_max(O: torch.Tensor) -> torch.Tensor:
     return torch.ops.orthokern.column_norm_max(O)
 
 
+def gram_ns_factor_flops(B: int, n: int, c_coefficients) -> float:
+    """Float64 tensor-core FLOPs of ``gram_ns_factor`` on B matrices of n for steps with these c coefficients, as
+    ``csrc/gram_ns_factor.h`` computes them: the norm's A^2, then per step Y^2 (not at step 0, which reuses A^2, nor
+    on cubic steps), Q P, and P Y and (P Y) P unless it is the last; each product only its mma tiles on and above the
+    diagonal of the matrix padded to whole tiles."""
+    cs = list(c_coefficients)
+    products = 1 + sum((k > 0 and c != 0.0) + 1 + 2 * (k + 1 < len(cs)) for k, c in enumerate(cs))
+    tile = LIMITS["cuda_small_mma_tile"]
+    nt = -(-n // tile)
+    return 2.0 * B * products * (nt * (nt + 1) // 2) * tile * tile * (nt * tile)
+
+
 def _gram_ns_factor_cost(args, kwargs, out):
     from ._cost import Launch
 
     A, coeffs = args[0], args[1]
     B, n = A.shape[0], A.shape[-1]
-    steps = [coeffs[i:i + 3] for i in range(0, len(coeffs), 3)]
-    products = 1 + sum((k > 0 and c != 0.0) + 1 + 2 * (k + 1 < len(steps)) for k, (_, _, c) in enumerate(steps))
-    # One block per matrix; its products are float64 fused multiply-adds on CUDA cores (csrc/gram_ns_factor.h).
-    return [Launch("cuda gram_ns_factor_kernel", {"fma64": 2.0 * B * n**3 * products}, 2.0 * B * n * n * 8)]
+    # One block per matrix, its n x n buffers in shared memory: A read once, Q written once.
+    return [Launch("cuda gram_ns_factor_kernel", {"fp64_tc": gram_ns_factor_flops(B, n, coeffs[2::3])},
+                   2.0 * B * n * n * 8)]
 
 
 if REGISTERED:

@@ -141,7 +141,9 @@ def newton_schulz_side(B: int, m: int, n: int, mode: str, dtype: torch.dtype, de
     quintics = sum(1 for s in steps if s.c != 0.0)
     # fast: bfloat16 steps; accurate: float32 steps as three float16 passes ("fp16x3", triton_kernels/_dot.py)
     unit, elem, passes = ("tc16", 2, 1) if mode == "fast" else ("tc16", 4, 3)
-    fused = n <= compiled.LIMITS["cuda_small_max_n"]  # backend "cuda": the whole n x n iteration in one launch
+    # backend "cuda": the whole n x n iteration in one launch
+    fused = (compiled.gram_ns_factor_flops(B, n, [s.c for s in steps]) if n <= compiled.LIMITS["cuda_small_max_n"]
+             else None)
     device = _cost.DEVICES["h100"]
     tall, gram = _cost.newton_schulz_sides(B, m, n, len(steps), quintics, elem, unit, device, passes, fused)
     costs = {"tall": tall, "gram": gram}

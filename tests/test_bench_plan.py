@@ -121,3 +121,16 @@ def test_square_cases_are_compared_with_torch_muon(rows):
     text = plan.format_plan(list(square.values()), H100)
     assert "torch's Muon step on the same matrices" in text
     assert all("muon_ns5_graph_s" not in r for k, r in rows.items() if not k[0].startswith("1x"))
+
+
+def test_optimiser_step_is_split_into_the_sgd_step_and_the_orthogonalisation(rows, capsys):
+    case = plan.cases("resnet50", torch.float32)[0]
+    base = plan.record_base_optimiser(case, H100)
+    # torch's own SGD step: foreach updates over every parameter, no orthokern op, no stacking
+    assert base.records and not any(r.op.startswith("orthokern.") or r.op == "aten.cat.default"
+                                    for r in base.records)
+    for mode in ("accurate", "fast"):
+        r = rows[(case.name, "torch.float32", mode)]
+        assert 0.0 < r["base_optimiser_graph_s"] < 0.5 * r["modelled_graph_s"], (mode, r["base_optimiser_graph_s"])
+    text = plan.format_plan([rows[(case.name, "torch.float32", "accurate")]], H100)
+    assert "torch's SGD step alone" in text and "the orthogonalisation" in text

@@ -117,6 +117,8 @@ class Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if _RECORDING_PAUSED:
+            return func(*args, **kwargs)
         name = str(func)
         if name in _SYNC:
             self.syncs.append(name)
@@ -200,24 +202,57 @@ def record(case: Case, mode: str, device: _cost.DeviceModel, rcond: float = 1e-3
             X = G.mT if G.shape[-2] < G.shape[-1] else G
             methods.append(dispatch.method_and_rcond(X, "auto", mode, rcond)[0])
         if case.optimiser_step:
-            from ..optim import FastOrthogonalSGD
-
-            params = [torch.nn.Parameter(torch.empty(m, n, dtype=case.dtype, device="cuda"))
-                      for b, m, n in case.shapes for _ in range(b)]
-            if case.extra:
-                params.append(torch.nn.Parameter(torch.empty(case.extra, dtype=case.dtype, device="cuda")))
-            for p in params:
-                p.grad = torch.empty_like(p)
-            opt = FastOrthogonalSGD(params, lr=0.1, momentum=0.9, mode=mode, rcond=rcond, foreach=True,
-                                    distributed=False)
-            opt.step()  # the first step allocates the momentum buffers: plan a steady-state step
             with rec:
-                opt.step()
+                _optimiser_step(case, mode, rcond)
         else:
             with rec:
                 for G in grads:
                     dispatch.run(G.mT if G.shape[-2] < G.shape[-1] else G, "auto", mode, rcond, None)
     return rec, methods
+
+
+def _optimiser_step(case: Case, mode: Optional[str], rcond: float) -> None:
+    """One steady-state step of FastOrthogonalSGD (``mode``) or, with ``mode=None``, of the torch SGD it wraps (same
+    hyperparameters, foreach) over fake CUDA parameters of ``case``'s shapes; only that step is recorded by an
+    enclosing recorder (the first step, which allocates the momentum buffers, runs outside it)."""
+    from ..optim import FastOrthogonalSGD
+
+    params = [torch.nn.Parameter(torch.empty(m, n, dtype=case.dtype, device="cuda"))
+              for b, m, n in case.shapes for _ in range(b)]
+    if case.extra:
+        params.append(torch.nn.Parameter(torch.empty(case.extra, dtype=case.dtype, device="cuda")))
+    for p in params:
+        p.grad = torch.empty_like(p)
+    if mode is None:
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, foreach=True)
+    else:
+        opt = FastOrthogonalSGD(params, lr=0.1, momentum=0.9, mode=mode, rcond=rcond, foreach=True,
+                                distributed=False)
+    with _paused_recording():
+        opt.step()
+    opt.step()
+
+
+_RECORDING_PAUSED = False
+
+
+@contextlib.contextmanager
+def _paused_recording():
+    global _RECORDING_PAUSED
+    _RECORDING_PAUSED, before = True, _RECORDING_PAUSED
+    try:
+        yield
+    finally:
+        _RECORDING_PAUSED = before
+
+
+def record_base_optimiser(case: Case, device: _cost.DeviceModel) -> Recorder:
+    """A step of the torch SGD that FastOrthogonalSGD wraps, alone, over ``case``'s parameters, recorded on fake CUDA
+    tensors: what the orthogonalisation adds is the difference."""
+    rec = Recorder()
+    with _device_model(device), FakeTensorMode(allow_non_fake_inputs=True), rec:
+        _optimiser_step(case, None, 1e-3)
+    return rec
 
 
 def record_peer(case: Case, device: _cost.DeviceModel) -> Recorder:
@@ -238,10 +273,15 @@ def plan_case(case: Case, mode: str, device: _cost.DeviceModel, rcond: float = 1
     rec, methods = record(case, mode, device, rcond)
     row = summarise(case, mode, device, rec, methods)
     if case.peer:
-        launches = [x for r in record_peer(case, device).records for x in r.launches]
-        row["muon_ns5_graph_s"] = (sum(_cost.launch_seconds(x, device) for x in launches)
-                                   + len(launches) * device.graph_launch_s)
+        row["muon_ns5_graph_s"] = _graph_seconds(record_peer(case, device), device)
+    if case.optimiser_step:
+        row["base_optimiser_graph_s"] = _graph_seconds(record_base_optimiser(case, device), device)
     return row
+
+
+def _graph_seconds(rec: Recorder, device: _cost.DeviceModel) -> float:
+    launches = [x for r in rec.records for x in r.launches]
+    return sum(_cost.launch_seconds(x, device) for x in launches) + len(launches) * device.graph_launch_s
 
 
 def summarise(case: Case, mode: str, device: _cost.DeviceModel, rec: Recorder, methods: list[str]) -> dict:
@@ -309,6 +349,11 @@ def format_plan(rows: Sequence[dict], device: _cost.DeviceModel) -> str:
             out.append(f"   the whole optimiser step, graph-captured: {share:.1f} % of a "
                        f"{RESNET50_TRAIN_STEP_S * 1e3:.0f} ms ResNet-50 training step (batch 256, H100; measured "
                        "once, docs/design.md section 8)")
+        if r.get("base_optimiser_graph_s") is not None:
+            base = r["base_optimiser_graph_s"]
+            out.append(f"   of which torch's SGD step alone (momentum, foreach, all parameters): {_fmt_s(base)}; "
+                       f"the orthogonalisation (stacking the shape buckets, polar, unstacking): "
+                       f"{_fmt_s(r['modelled_graph_s'] - base)}")
         if r["ops_without_cost_model"]:
             out.append(f"   ops without a cost model (not counted): {', '.join(r['ops_without_cost_model'])}")
     return "\n".join(out)
