@@ -110,7 +110,8 @@ def newton_schulz_tall_gram(B: int, m: int, n: int, steps: tuple, switch: int, e
     """Modelled seconds of the tall side handing steps ``switch`` onwards (``steps``: (a, b, c, ...) tuples, as
     ns_schedule.Step) to the n x n side (``triton_kernels/polar.py: late_factor``): the first ``switch`` steps on X
     as in ``newton_schulz_sides``, the Gram matrix of X_k, per late quintic step the symmetric square and per late step
-    three n x n applies (one on the last step; the first step's Q is R plus a diagonal), and the apply of Q to X_k.
+    three symmetric n x n products (one on the last step; the first step's Q is R plus a diagonal), each one triangle
+    of a product, and the apply of Q to X_k.
     Launches at the graph-captured rate. An estimate, like the rest of this module."""
     early, late = steps[:switch], steps[switch:]
     mn, mn2, n3, nn = B * m * n, B * m * n * n, B * n**3, B * n * n
@@ -123,7 +124,7 @@ def newton_schulz_tall_gram(B: int, m: int, n: int, steps: tuple, switch: int, e
         if s[2] != 0.0:
             calls.append(Launch("poly", {unit: passes * n3}, 2 * elem_bytes * nn))
         applies = (1 if i > 0 else 0) + (0 if last else 2)
-        calls += [Launch("apply", {unit: passes * 2 * n3}, 3 * elem_bytes * nn)] * applies
+        calls += [Launch("sym_mul", {unit: passes * n3}, 3 * elem_bytes * nn)] * applies
         if i == 0:
             calls.append(Launch("diagonal", {}, 2 * elem_bytes * B * n))
     calls.append(Launch("apply", {unit: passes * 2 * mn2}, elem_bytes * (2 * mn + nn)))

@@ -88,6 +88,7 @@ _OP_RULES = {
     "column_norm_max": (1, 3),
     "triton_sym_gram": (1, 3),
     "triton_sym_poly": (1, 3),
+    "triton_sym_mul": (1, 3),
     "triton_apply": (1, 3),
 }
 

@@ -79,6 +79,16 @@ def test_readme_quotes_the_plan_in_results_md():
     assert f"the fast one at about {rows['fast'][1]:.1f} ms" in readme, rows
     quoted = int(re.search(r"about (\d+) launches", readme).group(1))
     assert abs(quoted - rows["accurate"][0]) <= 0.05 * rows["accurate"][0], (quoted, rows)
+    # the optimiser step split into torch's SGD step and the orthogonalisation, as the plan prints it
+    split = re.findall(r"SGD step alone \(.*?\): ([\d.]+) ms; the orthogonalisation \(.*?\): ([\d.]+) ms", section)
+    assert len(split) == 2, split
+    (sgd, ortho_acc), (_, ortho_fast) = [(float(a), float(b)) for a, b in split]
+    assert f"{ortho_acc:.1f} ms of it the orthogonalisation and {sgd:.2f} ms torch's SGD step itself" in readme
+    assert f"{ortho_fast:.1f} ms without the SGD step" in readme
+    # the tall-skinny Gram-side cases over their memory floor
+    floors = [re.search(rf"^{shape} +float32 +accurate .*? ([\d.]+) +fp64_tc", section, re.M).group(1)
+              for shape in ("256x576x64", "1024x256x32")]
+    assert f"are modelled at {floors[0]}x and {floors[1]}x their memory floor" in readme, floors
 
 
 def test_readme_quotes_the_modelled_muon_ratio():

@@ -131,6 +131,29 @@ def test_sym_poly_matches_float64(tk, n, dtype):
     assert bool(((C.double() - ref).abs() <= 4 * n * EPS[dtype] * scale + 1e-300).all())
 
 
+@pytest.mark.parametrize("n", [16, 29, 70])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sym_mul_of_commuting_matrices_matches_float64(tk, n, dtype):
+    # X and Y polynomials of one symmetric A commute, so X Y is symmetric; the kernel computes one triangle of tiles
+    # (n = 70: several tiles, a ragged last one) and mirrors it.
+    G = _mat(2, n + 7, n, dtype=torch.float64, seed=n)
+    A = G.mT @ G
+    A = A / torch.linalg.matrix_norm(A, 2)[:, None, None]
+    X = (2.0 * A - 0.5 * A @ A).to(dtype)
+    Y = (torch.eye(n, dtype=torch.float64) + A @ A @ A).to(dtype)
+    alpha, beta = 1.875, -1.25
+    C = tk.sym_mul(X, Y, alpha, beta)
+    assert C.dtype == dtype and torch.equal(C, C.mT)
+    Xd, Yd = X.double(), Y.double()
+    ref = alpha * Xd + beta * Xd @ Yd
+    scale = (alpha * Xd).abs() + abs(beta) * (Xd.abs() @ Yd.abs())
+    # X and Y as stored commute only to their rounding: the mirrored upper triangle differs from the lower one of
+    # X @ Y by about that much
+    assert bool(((C.double() - ref).abs() <= 8 * n * EPS[dtype] * scale + 1e-300).all())
+    with pytest.raises(ValueError, match="Y must match X"):
+        tk.sym_mul(X, Y[:, :-1, :-1], alpha, beta)
+
+
 # ---------------------------------------------------------------- tall apply
 @pytest.mark.parametrize("B,m,n", [(1, 41, 19), (3, 16, 16), (2, 70, 33)])
 def test_apply_matches_float64(tk, B, m, n):
@@ -184,6 +207,7 @@ def test_ops_registered_and_opcheck(tk):
     torch.testing.assert_close(A, tk.sym_gram(G, splits=2), rtol=0, atol=0)
     torch.library.opcheck(torch.ops.orthokern.triton_sym_gram, (G, None, True, torch.float64, 0, "tf32x3"))
     torch.library.opcheck(torch.ops.orthokern.triton_sym_poly, (A, 0.5, -0.25, "tf32x3"))
+    torch.library.opcheck(torch.ops.orthokern.triton_sym_mul, (A, A, 0.5, -0.25, "tf32x3"))
     torch.library.opcheck(torch.ops.orthokern.triton_apply, (G, A, torch.ones(2, device=DEVICE), 0.5, 1.0,
                                                              torch.float32, "tf32x3"))
 
@@ -616,6 +640,9 @@ def test_cost_models_by_hand(tk):
     # sym_poly (3, 40, 40) float32 tf32x3: n class 64 -> one 64 x 64 tile; read A, write C
     (L,) = _cost("triton_sym_poly", meta(3, 40, 40), -4.7, 2.0, "tf32x3")
     assert L.flops == {"tf32x3": 2 * 3 * 40 * 64 * 64} and L.bytes == 2 * 3 * 40 * 40 * 4 and L.tune[1] == 1
+    # sym_mul: the same tiles, and both operands read
+    (L,) = _cost("triton_sym_mul", meta(3, 40, 40), meta(3, 40, 40), 1.5, 1.0, "tf32x3")
+    assert L.flops == {"tf32x3": 2 * 3 * 40 * 64 * 64} and L.bytes == 3 * 3 * 40 * 40 * 4
     # apply: bf16 G, fp64 Mat, scale, bf16 out -> float64 tensor cores; G and out once, Mat once, the scale
     (L,) = _cost("triton_apply", meta(2, 50, 24, dtype=torch.bfloat16), meta(2, 24, 24, dtype=torch.float64),
                  meta(2), 0.0, 1.0, torch.bfloat16, "tf32x3")

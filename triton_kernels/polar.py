@@ -145,14 +145,15 @@ def step0_poly_precision(m: int) -> str:
 
 def late_factor(Y: torch.Tensor, steps: tuple, precision: str = BOUNDED) -> torch.Tensor:
     """``reference.newton_schulz.late_factor`` on the kernels: the n x n factor Q of ``steps`` from Y = X^T X, in
-    Y's dtype. Everything is a polynomial in Y and commutes, so with R = b Y + c Y^2 (``triton_sym_poly``) a step is
+    Y's dtype. Everything is a polynomial in Y, so every product is of commuting symmetric matrices and symmetric
+    itself: each runs on ``triton_sym_mul`` (one triangle of tiles, half the flops of a full product). With
+    R = b Y + c Y^2 (``triton_sym_poly``) a step is
 
-        Q <- a Q + Q R,     P Y = a Y + Y R,     Y <- a (P Y) + (P Y) R,
+        Q <- a Q + Q R,     P Y = a Y + Y R,     Y <- a (P Y) + (P Y) R;
 
-    three applies with the residual in their epilogue (``triton_apply`` on n x n operands); a cubic step uses Y
-    itself with b in the apply's beta. The first step's Q is a I + R, made by adding a to R's diagonal after R's
-    last use; the last step skips Y. Operands stay bounded for fp16x3: |Y| < 2 as the tall side's A, |R| < 55, and Q
-    is a product of factors a I + R below the product of the a's of the late steps (about 15)."""
+    a cubic step uses Y itself with b as beta. The first step's Q is a I + R, made by adding a to R's diagonal after
+    R's last use; the last step skips Y. Operands stay bounded for fp16x3: |Y| < 2 as the tall side's A, |R| < 55,
+    and Q is a product of factors a I + R below the product of the a's of the late steps (about 15)."""
     if not steps or steps[0].c == 0.0:
         raise ValueError("newton_schulz: late_factor needs steps that start with a quintic")
     ops = _ops()
@@ -162,10 +163,10 @@ def late_factor(Y: torch.Tensor, steps: tuple, precision: str = BOUNDED) -> torc
         R = ops.triton_sym_poly(Y, step.b, step.c, precision) if step.c != 0.0 else Y
         beta = 1.0 if step.c != 0.0 else step.b
         if Q is not None:
-            Q = ops.triton_apply(Q, R, None, step.a, beta, Y.dtype, precision)
+            Q = ops.triton_sym_mul(Q, R, step.a, beta, precision)
         if not last:  # (R is Y itself only on cubic steps, whose Q was updated above)
-            PY = ops.triton_apply(Y, R, None, step.a, beta, Y.dtype, precision)
-            Y = ops.triton_apply(PY, R, None, step.a, beta, Y.dtype, precision)
+            PY = ops.triton_sym_mul(Y, R, step.a, beta, precision)
+            Y = ops.triton_sym_mul(PY, R, step.a, beta, precision)
         if Q is None:
             Q = R
             Q.diagonal(dim1=-2, dim2=-1).add_(step.a)  # after R's last use

@@ -116,6 +116,26 @@ def sym_poly_cost(args, kwargs, out) -> list[Launch]:
     return launches(_poly.plan(_meta(A.shape, A.dtype), _meta(A.shape, A.dtype), b, c, precision))
 
 
+# ---------------------------------------------------------------- triton_sym_mul
+@_op("orthokern::triton_sym_mul")
+def sym_mul(X: torch.Tensor, Y: torch.Tensor, alpha: float, beta: float, precision: str) -> torch.Tensor:
+    return _poly.sym_mul(X, Y, alpha, beta, precision=precision, launch=_launcher())
+
+
+@_fake(sym_mul)
+def _(X, Y, alpha, beta, precision):
+    torch._check(X.dim() == 3 and X.shape[1] == X.shape[2], lambda: "triton_sym_mul: X must be (B, n, n)")
+    torch._check(Y.shape == X.shape, lambda: "triton_sym_mul: Y must have X's shape")
+    return torch.empty_like(X, memory_format=torch.contiguous_format)
+
+
+@register_cost("orthokern.triton_sym_mul.default")
+def sym_mul_cost(args, kwargs, out) -> list[Launch]:
+    X, Y, alpha, beta, precision = args
+    return launches(_poly.plan(_meta(X.shape, X.dtype), _meta(X.shape, X.dtype), alpha, beta, precision,
+                               _meta(Y.shape, Y.dtype)))
+
+
 # ---------------------------------------------------------------- triton_apply
 @_op("orthokern::triton_apply")
 def apply(G: torch.Tensor, Mat: torch.Tensor, scale: Optional[torch.Tensor], alpha: float, beta: float,
