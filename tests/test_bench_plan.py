@@ -42,12 +42,15 @@ def test_accurate_mode_runs_no_fma_float32_matmul(rows):
             assert r["flops_by_unit"].get("fma32", 0.0) == 0.0, (name, dtype, r["flops_by_unit"])
 
 
-# Kernels a first ResNet-50 step compiles (each specialisation x each autotune candidate, shared binaries counted
-# once). Accurate mode: 20. Fast mode: 24, since beside its bfloat16 steps it keeps a float32 first step (the
-# normalisation reads G raw) and a last step that stores float32; the aim is about 20. A few of each are the
-# prologue kernels (triton_kernels/prologue.py: elementwise, not tuned, one config each), which replaced about 25
-# eager launches per shape bucket.
-COMPILED_BUDGET = {"accurate": 20, "fast": 24}
+# Binaries a first ResNet-50 step compiles: each specialisation (constexprs, dtypes, and the JIT's specialisation of
+# int arguments: 1, divisible by 16 or neither) x each autotune candidate, shared binaries counted once. Accurate
+# mode: 35. Fast mode: 39, since beside its bfloat16 steps it keeps a float32 first step (the normalisation reads G
+# raw) and a last step that stores float32. About a third of each are variants the int specialisation forces: the
+# lone wide gradients (conv1's 64 x 147, the fc layer's 1000 x 2048, ...) are read through their transposed views
+# (stride 1 on the other axis) and n = 1000 is not a multiple of 16. Counting them only since this budget was last
+# set (it was 20 and 24 without them); Triton caches the binaries on disk, so a machine compiles them once. A few
+# of each are the prologue kernels (triton_kernels/prologue.py: elementwise, not tuned, one config each).
+COMPILED_BUDGET = {"accurate": 35, "fast": 39}
 
 
 def test_resnet50_step_compiles_a_bounded_number_of_kernels(rows):

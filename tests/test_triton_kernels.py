@@ -617,6 +617,20 @@ def _cost(name, *args):
         return _cost.COSTS[f"orthokern.{name}.default"](args, {}, None)
 
 
+def test_compiled_binaries_follow_the_jit_specialisation(tk):
+    # Triton's JIT compiles a binary per specialisation of its int arguments (1, divisible by 16, neither): a matrix
+    # read through a transposed view (stride 1 on the other axis) or with n = 1000 is another binary; the rows M are
+    # declared unspecialised, so row counts that differ in divisibility share one.
+    meta = lambda *s: torch.empty(s, dtype=torch.float32, device="meta")  # noqa: E731
+
+    def binaries(G):
+        return set(_cost("triton_sym_gram", G, None, True, torch.float64, 1, "tf32x3")[0].compiled)
+
+    assert binaries(meta(2, 576, 64)) == binaries(meta(2, 147, 64))
+    assert binaries(meta(2, 576, 64)) != binaries(meta(2, 64, 576).mT)
+    assert binaries(meta(2, 2048, 1024)) != binaries(meta(2, 2048, 1000))
+
+
 def test_cost_models_by_hand(tk):
     meta = lambda *s, dtype=torch.float32: torch.empty(s, dtype=dtype, device="meta")  # noqa: E731
     G = meta(2, 100, 20)

@@ -28,7 +28,9 @@ from ._symmetric import store_symmetric
 
 
 @_configs.autotune("gram", key=["N_CLASS", "HAS_SCALE", "ACC_F64", "PRECISION", "PARTIAL"])
-@triton.jit
+# M (the rows) only bounds masks and the row loop: not specialised, so that matrices whose row counts differ in
+# divisibility by 16 share a binary.
+@triton.jit(do_not_specialize=["M"])
 def _gram_kernel(G, SCALE, OUT, M, N, stride_b, stride_m, stride_n, SPLITS, N_CLASS,
                  HAS_SCALE: tl.constexpr, ACC_F64: tl.constexpr, PRECISION: tl.constexpr,
                  PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):

@@ -46,7 +46,8 @@ def _pow2(e):
     return ((e + 1023).to(tl.int64) << 52).to(tl.float64, bitcast=True)
 
 
-@triton.jit
+# B (the batch) only bounds a mask: not specialised, so a lone matrix (B = 1) shares the binary of a batch.
+@triton.jit(do_not_specialize=["B"])
 def _pow2_scale_kernel(AMAX, SCALE, FINITE, B, E_LO: tl.constexpr, E_HI: tl.constexpr, BLOCK_B: tl.constexpr):
     r = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     mask = r < B

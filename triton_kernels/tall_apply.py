@@ -20,7 +20,9 @@ from .gram import _to_f64
 
 
 @_configs.autotune("apply", key=["N_CLASS", "HAS_SCALE", "HAS_RES", "ACC_F64", "PRECISION"])
-@triton.jit
+# M (the rows) only bounds masks and the row loop: not specialised, so that matrices whose row counts differ in
+# divisibility by 16 share a binary.
+@triton.jit(do_not_specialize=["M"])
 def _apply_kernel(G, MAT, SCALE, OUT, M, N, stride_b, stride_m, stride_n, alpha: tl.float64, beta: tl.float64,
                   N_CLASS, HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr, ACC_F64: tl.constexpr,
                   PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):

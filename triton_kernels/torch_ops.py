@@ -65,10 +65,32 @@ def launches(calls: list[KernelCall]) -> list[Launch]:
     return out
 
 
+def _int_specialisation(v: int) -> str:
+    """How Triton's JIT keys a runtime int argument (Triton 3.6-3.9: triton/runtime/jit.py, specialize_impl): the
+    value 1 becomes a constant, a multiple of 16 is marked divisible, and the type is i32 or i64. Tensor arguments
+    are assumed 16-byte aligned, as fresh allocations are."""
+    if v == 1:
+        return "1"
+    return ("i32" if -2**31 <= v < 2**31 else "i64") + ("D" if v % 16 == 0 else "")
+
+
+def _unspecialised(jit) -> set[str]:
+    """The arguments a kernel is declared not to specialise on (``triton.jit(do_not_specialize=...)``), from a
+    JITFunction or, under TRITON_INTERPRET=1, the InterpretedFunction that stands for it."""
+    if hasattr(jit, "params"):
+        return {p.name for p in jit.params if p.do_not_specialize}
+    return set(getattr(jit, "kwargs", {}).get("do_not_specialize") or ())
+
+
 def _compiled(c: KernelCall) -> tuple[str, ...]:
-    """Identities of the binaries the launch compiles: its specialisation (constexprs, argument dtypes) with each
-    candidate config it may run (the autotuner compiles every candidate the prune hook keeps)."""
-    spec = (c.name, tuple(sorted(c.meta.items())), tuple(str(v.dtype) for v in c.args.values() if hasattr(v, "dtype")))
+    """Identities of the binaries the launch compiles: its specialisation (constexprs, argument dtypes, and the JIT's
+    specialisation of its int arguments: a gradient read through a transposed view, or n = 1000, is another binary)
+    with each candidate config it may run (the autotuner compiles every candidate the prune hook keeps)."""
+    unspecialised = _unspecialised(getattr(c.kernel, "fn", None) if hasattr(c.kernel, "configs") else c.kernel)
+    ints = tuple((k, _int_specialisation(v)) for k, v in c.args.items()
+                 if type(v) is int and k not in unspecialised)
+    spec = (c.name, tuple(sorted(c.meta.items())), tuple(str(v.dtype) for v in c.args.values() if hasattr(v, "dtype")),
+            ints)
     family = _configs.family_of(c.kernel)
     if family is None:
         return (repr(spec),)
