@@ -204,7 +204,11 @@ def _torch_cholqr2(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
 _IMPLS = (
     Impl("svd", "torch", reference.polar_svd, _always),
     Impl("gram_eigh", "torch", reference.polar_gram_eigh, _always),
-    Impl("gram_eigh", "cpp", compiled.gram_eigh, _cpp_why_not),
+    # fast mode: the torch backend's float32 Gram and eigensolver (reference/gram_eigh.py) are faster than the
+    # compiled float64 ones (measured over ResNet-50's gradient shapes, one thread: bench/RESULTS.md, CPU section,
+    # gram_eigh/fast against gram_eigh/accurate)
+    Impl("gram_eigh", "cpp", compiled.gram_eigh, _cpp_why_not,
+         prefer=lambda G, mode: mode == "accurate" or G.dtype == torch.float64),
     Impl("gram_eigh", "triton", _triton_gram_eigh, _triton_why_not),
     Impl("newton_schulz", "torch", _torch_newton_schulz, _always),
     Impl("newton_schulz", "triton", _triton_newton_schulz, _triton_why_not),

@@ -82,6 +82,24 @@ def test_resnet50_total_line_sums_every_shape():
     assert f"svd of Gᵀ for the wide ones: {report.fmt_time(tt)}, {ts / tp * tt / ts:.2f}x faster" in line
 
 
+def test_resnet50_fast_mode_total_takes_autos_fast_method_per_shape():
+    recs = []
+    for (m, n), count in suites.RESNET50_SHAPES.items():
+        recs.append(rec("polar(G)", "polar", suite="resnet50", shape=(count, m, n), t=0.01))
+        recs.append(rec("torch_svd", suite="resnet50", shape=(count, m, n), t=0.03))
+        fast = rec("gram_eigh/fast", "method", suite="resnet50", shape=(count, m, n), t=0.005, E=3e-3)
+        fast["method"] = "gram_eigh"
+        recs.append(fast)
+        recs.append(rec("newton_schulz/fast", "method", suite="resnet50", shape=(count, m, n), t=1e-4, E=0.1))
+    acc, fast = report.total_lines(recs, "cpu")  # on a CPU auto runs gram_eigh in fast mode too
+    n_shapes = len(suites.RESNET50_SHAPES)
+    assert fast.startswith("resnet50 float32 decaying: all 54 gradients in fast mode (gram_eigh, ")
+    assert (f"{report.fmt_time(n_shapes * 0.005)} vs torch.linalg.svd {report.fmt_time(n_shapes * 0.03)}: "
+            "6.00x faster, E at most 3.0e-03") in fast
+    recs = [r for r in recs if not (r["label"] == "gram_eigh/fast" and r["m"] == 64 and r["n"] == 147)]
+    assert len(report.total_lines(recs, "cpu")) == 1  # a shape without its fast record: no fast total
+
+
 def test_no_total_for_a_partial_or_reduced_suite():
     recs = [rec("polar(G)", "polar", suite="resnet50", shape=(3, 64, 576)),
             rec("torch_svd", suite="resnet50", shape=(3, 64, 576)),

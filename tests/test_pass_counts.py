@@ -56,6 +56,19 @@ def test_cpu_pass_counts(method, backend):
     assert len(counter.ops) == CPU_PASSES[(method, backend)], counter.ops
 
 
+def test_fast_gram_eigh_on_cpu_reads_g_twice_and_writes_o_once():
+    # float32 Gram matrix and eigensolver (reference/gram_eigh.py, _polar_float32): the Gram matrix of G itself and
+    # the apply, no scaling pass; auto adds its guard's reduction
+    G = torch.randn(B, M, N)
+    for method, expected in (("gram_eigh", ["bmm", "bmm"]), ("auto", ["bmm", "bmm", "column_norm_max"])):
+        if method == "auto" and _env.CURRENT.extension is not None:
+            continue
+        counter = FullSizeOps(B * M * N)
+        with counter:
+            orthokern.polar(G, method=method, mode="fast")
+        assert counter.ops == expected, (method, counter.ops)
+
+
 def test_auto_on_cpu_adds_one_reduction_for_its_guard():
     if _env.CURRENT.extension is not None:
         pytest.skip("orthokern._C is not built")

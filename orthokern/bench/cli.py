@@ -263,7 +263,7 @@ def _polar_suites(args, device, command, names, dtypes, spectra, shapes, methods
     print()
     print(report.format_summary(records))
     print()
-    for line in report.answer_lines(records) + report.total_lines(records):
+    for line in report.answer_lines(records) + report.total_lines(records, meta["device_type"]):
         print(line)
     if args.detail:
         print()

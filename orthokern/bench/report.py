@@ -238,9 +238,10 @@ def answer_lines(records: Sequence[dict]) -> list[str]:
 RESNET_SHAPES = {"resnet50": suites.RESNET50_SHAPES, "resnet18": suites.RESNET18_SHAPES}
 
 
-def total_lines(records: Sequence[dict]) -> list[str]:
+def total_lines(records: Sequence[dict], device_type: str = "cpu") -> list[str]:
     """Whole-network totals of the ResNet suites: every gradient shape at full size, one polar(G) call per shape
-    (grouped as FastOrthogonalSGD does), summed over the shapes' medians; or why there is none."""
+    (grouped as FastOrthogonalSGD does), summed over the shapes' medians; or why there is none. Where the run timed
+    fast mode too, a second line: per shape the method ``auto`` runs in fast mode on ``device_type``, fast."""
     lines = []
     for suite, shapes in RESNET_SHAPES.items():
         recs = [r for r in records if r["suite"] == suite]
@@ -266,7 +267,29 @@ def total_lines(records: Sequence[dict]) -> list[str]:
             lines.append(f"{suite} {dtype} {spectrum}: all {n_grads} gradients ({len(shapes)} shapes, one call per "
                          f"shape): polar(G) {fmt_time(tp)} vs torch.linalg.svd {fmt_time(ts)}: {faster(ts / tp)} "
                          f"(svd of Gᵀ for the wide ones: {fmt_time(tt)}, {faster(tt / tp)})")
+            fast = _fast_mode_records(polar, by_label, device_type)
+            if fast:
+                tf = sum(r["median_s"] for r in fast)
+                methods = "/".join(sorted({r["method"] for r in fast}))
+                lines.append(f"{suite} {dtype} {spectrum}: all {n_grads} gradients in fast mode ({methods}, the "
+                             f"method auto runs in fast mode): {fmt_time(tf)} vs torch.linalg.svd {fmt_time(ts)}: "
+                             f"{faster(ts / tf)}, E at most {max(r['E'] for r in fast):.1e}")
     return lines
+
+
+def _fast_mode_records(polar: list[dict], by_label: dict, device_type: str) -> list[dict]:
+    """Per shape of ``polar``, the fast-mode record of the method ``auto`` picks in fast mode; [] if one is missing."""
+    from .. import dispatch
+
+    out = []
+    for r in polar:
+        m, n = max(r["m"], r["n"]), min(r["m"], r["n"])
+        method = dispatch.choose_method(m, n, device_type, "fast", 1e-3, getattr(torch, r["dtype"]))
+        match = [x for x in by_label.get(f"{method}/fast", []) if (x["m"], x["n"]) == (r["m"], r["n"])]
+        if not match:
+            return []
+        out.append(match[0])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- detail
@@ -359,7 +382,7 @@ def results_section(meta: dict, records, skipped, violations, rates: Optional[di
     if reduced:
         lines.append("- reduced sizes (--quick): " + ", ".join(f"{s} {q} (full {f})" for s, q, f in reduced))
     lines += ["", format_summary(records, markdown=True), ""]
-    lines += [f"- {a}" for a in answer_lines(records) + total_lines(records)]
+    lines += [f"- {a}" for a in answer_lines(records) + total_lines(records, meta["device_type"])]
     lines += ["", "<details><summary>Every method</summary>", "", format_detail(records, markdown=True), "",
               "</details>", ""]
     if skipped:
