@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .. import testing
+from .. import dispatch, testing
 from . import suites
 from .runner import BASELINE, BASELINE_TALL, POLAR_G
 from .timing import busy
@@ -279,8 +279,6 @@ def total_lines(records: Sequence[dict], device_type: str = "cpu") -> list[str]:
 
 def _fast_mode_records(polar: list[dict], by_label: dict, device_type: str) -> list[dict]:
     """Per shape of ``polar``, the fast-mode record of the method ``auto`` picks in fast mode; [] if one is missing."""
-    from .. import dispatch
-
     out = []
     for r in polar:
         m, n = max(r["m"], r["n"]), min(r["m"], r["n"])
