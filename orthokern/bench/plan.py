@@ -117,8 +117,6 @@ class Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _RECORDING_PAUSED:
-            return func(*args, **kwargs)
         name = str(func)
         if name in _SYNC:
             self.syncs.append(name)
@@ -202,8 +200,9 @@ def record(case: Case, mode: str, device: _cost.DeviceModel, rcond: float = 1e-3
             X = G.mT if G.shape[-2] < G.shape[-1] else G
             methods.append(dispatch.method_and_rcond(X, "auto", mode, rcond)[0])
         if case.optimiser_step:
+            opt = _stepped_optimiser(case, mode, rcond)
             with rec:
-                _optimiser_step(case, mode, rcond)
+                opt.step()
         else:
             with rec:
                 for G in grads:
@@ -211,10 +210,10 @@ def record(case: Case, mode: str, device: _cost.DeviceModel, rcond: float = 1e-3
     return rec, methods
 
 
-def _optimiser_step(case: Case, mode: Optional[str], rcond: float) -> None:
-    """One steady-state step of FastOrthogonalSGD (``mode``) or, with ``mode=None``, of the torch SGD it wraps (same
-    hyperparameters, foreach) over fake CUDA parameters of ``case``'s shapes; only that step is recorded by an
-    enclosing recorder (the first step, which allocates the momentum buffers, runs outside it)."""
+def _stepped_optimiser(case: Case, mode: Optional[str], rcond: float) -> torch.optim.Optimizer:
+    """FastOrthogonalSGD (``mode``) or, with ``mode=None``, the torch SGD it wraps (same hyperparameters, foreach)
+    over fake CUDA parameters of ``case``'s shapes, after one step: the first step allocates the momentum buffers, so
+    the caller records a steady-state step."""
     from ..optim import FastOrthogonalSGD
 
     params = [torch.nn.Parameter(torch.empty(m, n, dtype=case.dtype, device="cuda"))
@@ -228,30 +227,18 @@ def _optimiser_step(case: Case, mode: Optional[str], rcond: float) -> None:
     else:
         opt = FastOrthogonalSGD(params, lr=0.1, momentum=0.9, mode=mode, rcond=rcond, foreach=True,
                                 distributed=False)
-    with _paused_recording():
-        opt.step()
     opt.step()
-
-
-_RECORDING_PAUSED = False
-
-
-@contextlib.contextmanager
-def _paused_recording():
-    global _RECORDING_PAUSED
-    _RECORDING_PAUSED, before = True, _RECORDING_PAUSED
-    try:
-        yield
-    finally:
-        _RECORDING_PAUSED = before
+    return opt
 
 
 def record_base_optimiser(case: Case, device: _cost.DeviceModel) -> Recorder:
     """A step of the torch SGD that FastOrthogonalSGD wraps, alone, over ``case``'s parameters, recorded on fake CUDA
     tensors: what the orthogonalisation adds is the difference."""
     rec = Recorder()
-    with _device_model(device), FakeTensorMode(allow_non_fake_inputs=True), rec:
-        _optimiser_step(case, None, 1e-3)
+    with _device_model(device), FakeTensorMode(allow_non_fake_inputs=True):
+        opt = _stepped_optimiser(case, None, 1e-3)
+        with rec:
+            opt.step()
     return rec
 
 
