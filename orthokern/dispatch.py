@@ -196,19 +196,24 @@ def _torch_cholqr2(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
     return reference.polar_cholqr2(G, mode=mode, rcond=rcond, small_polar=small)
 
 
-# The compiled CPU ops are preferred at every n. Measured on the 2-core CPU (float32, one thread, paired CPU time;
-# bench/RESULTS.md): the compiled gram_eigh (one triangle of a float64 Gram matrix reading G once, its own
+# Fast mode on a CPU from this n up: the torch backend's float32 Gram matrix and LAPACK's float32 eigensolver
+# (reference/gram_eigh.py) beat the compiled float64 op, whose own eigensolver and single call for the batch win
+# below it (bench/RESULTS.md, CPU section, gram_eigh/fast against gram_eigh/accurate: the float32 path is slower on
+# all five ResNet-50 shapes with n = 64, where single matrices and small batches dominate, and faster on all with
+# n >= 128; of the two large batches at n <= 64 it was as fast on one and faster on the other).
+CPU_FAST_FLOAT32_MIN_N = 65
+
+# Otherwise the compiled CPU ops are preferred at every n. Measured on the 2-core CPU (float32, one thread, paired
+# CPU time; bench/RESULTS.md): the compiled gram_eigh (one triangle of a float64 Gram matrix reading G once, its own
 # eigensolver up to n = 128, the apply through sgemm) is faster than the torch reference at every n tried, 1 to 1024
 # (least for square n = 1024, where LAPACK's eigensolver dominates both); the compiled cholqr2 (no stored Q1, LAPACK
 # for the small factorisations) is faster up to n = 512 and even with it at square n = 1024.
 _IMPLS = (
     Impl("svd", "torch", reference.polar_svd, _always),
     Impl("gram_eigh", "torch", reference.polar_gram_eigh, _always),
-    # fast mode: the torch backend's float32 Gram and eigensolver (reference/gram_eigh.py) are faster than the
-    # compiled float64 ones (measured over ResNet-50's gradient shapes, one thread: bench/RESULTS.md, CPU section,
-    # gram_eigh/fast against gram_eigh/accurate)
     Impl("gram_eigh", "cpp", compiled.gram_eigh, _cpp_why_not,
-         prefer=lambda G, mode: mode == "accurate" or G.dtype == torch.float64),
+         prefer=lambda G, mode: (mode == "accurate" or G.dtype == torch.float64
+                                 or G.shape[-1] < CPU_FAST_FLOAT32_MIN_N)),
     Impl("gram_eigh", "triton", _triton_gram_eigh, _triton_why_not),
     Impl("newton_schulz", "torch", _torch_newton_schulz, _always),
     Impl("newton_schulz", "triton", _triton_newton_schulz, _triton_why_not),

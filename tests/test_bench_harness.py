@@ -146,3 +146,16 @@ def test_real_gradients_are_resnet_gradients():
     assert {s: g.shape[0] for s, g in grads.items()} == suites.RESNET18_SHAPES
     with pytest.raises(ValueError, match="layers of gradient shape"):
         gradients.real_batch("resnet18", 1000, 512, 2, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("mode", ["accurate", "fast"])
+def test_ran_on_names_the_implementation_of_the_entrys_mode(mode):
+    # The "runs" column: the backend dispatch resolves in the entry's own mode (fast mode on a CPU may take another
+    # backend than accurate mode: orthokern/dispatch.py, CPU_FAST_FLOAT32_MIN_N).
+    from orthokern import dispatch
+    from orthokern.bench import runner
+
+    G = torch.zeros(2, 90, 3 * dispatch.CPU_FAST_FLOAT32_MIN_N)  # wide: ran_on orients it tall
+    entry = runner.Entry("method", "gram_eigh", None, mode, lambda X: X, "orthokern")
+    expected = dispatch.resolve("gram_eigh", None, G.mT, mode=mode).backend
+    assert runner.ran_on(entry, G) == f"gram_eigh/{expected}"

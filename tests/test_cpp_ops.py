@@ -297,6 +297,24 @@ def test_cpu_prefers_the_compiled_ops_at_every_n(n):
     G = torch.empty(2, n + 8, n)
     assert dispatch.resolve("gram_eigh", None, G).backend == "cpp"
     assert dispatch.resolve("cholqr2", None, G).backend == "cpp"
+    assert dispatch.resolve("gram_eigh", None, G.double(), mode="fast").backend == "cpp"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_cpu_fast_mode_takes_the_float32_path_from_its_crossover_n(dtype):
+    # fast mode: the compiled float64 op below dispatch.CPU_FAST_FLOAT32_MIN_N, the torch backend's float32 Gram
+    # matrix and eigensolver from it on (measured crossover: the comment above it in orthokern/dispatch.py)
+    n0 = dispatch.CPU_FAST_FLOAT32_MIN_N
+    for n, backend in ((1, "cpp"), (n0 - 1, "cpp"), (n0, "torch"), (4 * n0, "torch")):
+        G = torch.empty(3, 2 * n, n, dtype=dtype)
+        assert dispatch.resolve("gram_eigh", None, G, mode="fast").backend == backend, n
+        assert dispatch.resolve("gram_eigh", None, G, mode="accurate").backend == "cpp", n
+    # and polar(mode="fast") below the crossover returns the compiled op's result
+    G = random_matrix(3, 90, n0 - 1, "decaying", dtype=dtype, seed=23)
+    rcond = dispatch.effective_rcond("gram_eigh", RCOND, dtype)
+    expected = compiled.gram_eigh(G, mode="fast", rcond=rcond)
+    torch.testing.assert_close(orthokern.polar(G, method="gram_eigh", mode="fast", rcond=RCOND), expected,
+                               rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------- column_norm_max (auto's guard)

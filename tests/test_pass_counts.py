@@ -9,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import orthokern
-from orthokern import _env
+from orthokern import _env, dispatch
 
 B, M, N = 4, 256, 16  # m >= 2n: newton_schulz takes the Gram side; 16384 elements, one gram64 block
 
@@ -58,12 +58,14 @@ def test_cpu_pass_counts(method, backend):
 
 def test_fast_gram_eigh_on_cpu_reads_g_twice_and_writes_o_once():
     # float32 Gram matrix and eigensolver (reference/gram_eigh.py, _polar_float32): the Gram matrix of G itself and
-    # the apply, no scaling pass; auto adds its guard's reduction
-    G = torch.randn(B, M, N)
+    # the apply, no scaling pass; auto adds its guard's reduction. n above dispatch.CPU_FAST_FLOAT32_MIN_N, where
+    # fast mode takes this path (below it, the compiled op of accurate mode: one pass count for both modes).
+    n = dispatch.CPU_FAST_FLOAT32_MIN_N
+    G = torch.randn(B, M, n)
     for method, expected in (("gram_eigh", ["bmm", "bmm"]), ("auto", ["bmm", "bmm", "column_norm_max"])):
         if method == "auto" and _env.CURRENT.extension is not None:
             continue
-        counter = FullSizeOps(B * M * N)
+        counter = FullSizeOps(B * M * n)
         with counter:
             orthokern.polar(G, method=method, mode="fast")
         assert counter.ops == expected, (method, counter.ops)

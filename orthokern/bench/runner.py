@@ -107,7 +107,7 @@ def ran_on(entry: Entry, G: torch.Tensor) -> str:
     if method == "auto":
         method = dispatch.choose_method(X.shape[-2], X.shape[-1], X.device.type, entry.mode)
     try:
-        impl = dispatch.resolve(method, entry.backend, X)
+        impl = dispatch.resolve(method, entry.backend, X, mode=entry.mode)
     except orthokern.BackendUnavailable:
         return "-"
     return f"{impl.method}/{impl.backend}"
