@@ -81,22 +81,27 @@ def test_auto_on_cpu_adds_one_reduction_for_its_guard():
     assert counter.ops == ["gram_eigh_polar", "column_norm_max"], counter.ops
 
 
-@pytest.mark.parametrize("shape,mode,passes", [
-    ((256, 576, 64), "accurate", 2),  # Gram side: Triton Gram (reads G), Triton apply (reads G, writes O)
-    ((256, 576, 64), "fast", 2),
-    ((16, 4096, 128), "accurate", 2),  # n > 64: the n x n iteration as batched float64 matmuls, the same 2 passes
+@pytest.mark.parametrize("shape,mode,passes,dtype", [
+    # Gram side: Triton Gram (reads G), Triton apply (reads G, writes O)
+    ((256, 576, 64), "accurate", 2, torch.float32),
+    ((256, 576, 64), "fast", 2, torch.float32),
+    # n > 64: the n x n iteration as batched float64 matmuls, the same 2 passes
+    ((16, 4096, 128), "accurate", 2, torch.float32),
     # fp16x3 steps on X cost less than the float64 n x n iteration at n = 512, and their last steps less still on
     # the n x n side: the scale, per step on X a Gram and an apply, then the Gram of X_k and the apply of its factor
-    ((8, 4608, 512), "accurate", "tall_gram"),
-    ((1, 1152, 1024), "accurate", None),  # tall side: the scale, then per step a Gram and an apply
-    ((1, 1152, 1024), "fast", None),
+    ((8, 4608, 512), "accurate", "tall_gram", torch.float32),
+    ((1, 1152, 1024), "accurate", None, torch.float32),  # tall side: the scale, then per step a Gram and an apply
+    ((1, 1152, 1024), "fast", None, torch.float32),
+    # half precision: the last step stores bfloat16 itself, no float32 result converted in another pass
+    ((1, 1152, 1024), "fast", None, torch.bfloat16),
+    ((1, 1152, 1024), "accurate", None, torch.bfloat16),
 ])
-def test_gpu_pass_counts_from_the_plan(shape, mode, passes):
+def test_gpu_pass_counts_from_the_plan(shape, mode, passes, dtype):
     pytest.importorskip("triton")
     from orthokern import _cost
     from orthokern.bench import plan
 
-    rec, _ = plan.record(plan.Case("x", [shape], torch.float32), mode, _cost.DEVICES["h100"])
+    rec, _ = plan.record(plan.Case("x", [shape], dtype), mode, _cost.DEVICES["h100"])
     full = [r.op for r in rec.records
             if r.largest >= shape[0] * shape[1] * shape[2] and (r.launches or r.op.startswith("orthokern."))]
     if passes is None:

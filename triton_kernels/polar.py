@@ -180,14 +180,16 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float, switch: int | 
     Step 0 reads G raw: one reduction gives the power-of-two scale, the Gram kernel applies it on load, and the first
     apply reads G again with the scale and writes X_1 = (s G / t) P_0 in the next step's dtype, P_0 = a I + b A + c A^2
     with A normalised (the 1/t of ||A^2||_F^{1/4} rides in P_0). No scaled or converted copy of G is made: G is read
-    three times and every later step reads X twice and writes it once.
+    three times, every later step reads X twice and writes it once, and the last writes O in G's dtype.
     """
     ops = _ops()
     scale, _ = scale_and_finite(G)
     high = compute_dtype(G.dtype)
     low = low_precision_dtype(G) if mode == "fast" else high
     steps = ns.steps_for(mode, rcond, G.shape[-1], high)
-    dts = [low if s.precision == "low" else high for s in steps] + [high]
+    # The last step stores G's dtype straight from its float32 (float64) accumulator: for half-precision G that is
+    # the same single rounding a float32 result converted afterwards gets, without the extra pass over O.
+    dts = [low if s.precision == "low" else high for s in steps] + [G.dtype]
 
     # Step 0's Gram in the compute dtype (its normalisation needs the weak directions' scale, not bfloat16's), then
     # P_0 / t on the n x n side.
@@ -206,4 +208,4 @@ def _newton_schulz_tall(G: torch.Tensor, mode: str, rcond: float, switch: int | 
             Y = ops.triton_sym_gram(X, None, X.dtype == torch.float64, X.dtype, 0, BOUNDED)
             return ops.triton_apply(X, late_factor(Y, steps[i:]), None, 0.0, 1.0, G.dtype, BOUNDED)
         X = ns_step(X, step.a, step.b, step.c, out_dtype=dts[i + 1], precision=BOUNDED)
-    return X.to(G.dtype)
+    return X
