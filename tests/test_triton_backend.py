@@ -208,6 +208,34 @@ def test_newton_schulz_tall_then_gram_side(kind):
         triton_polar().polar_newton_schulz(G, mode="fast", rcond=1e-3, side="tall_gram")
 
 
+@interp
+@pytest.mark.parametrize("side,mode", [("tall", "accurate"), ("tall", "fast"), ("tall_gram", "accurate")])
+def test_newton_schulz_pads_an_n_off_the_multiple_of_16(monkeypatch, side, mode):
+    """From PAD_MIN_N columns, an n that is not a multiple of 16 is iterated on [G, 0] (zero columns up to the next
+    multiple): the same numbers in the first n columns as the unpadded iteration, zeros never leak into them, and the
+    non-finite and zero matrices keep their results. PAD_MIN_N is lowered to interpreter sizes here."""
+    from orthokern.dispatch import triton_polar
+
+    tp = triton_polar()
+    G = random_matrix(3, 45, 18, "decaying", device=DEVICE, seed=31)
+    G[1, 2, 3] = float("nan")
+    G[2] = 0
+    monkeypatch.setattr(tp, "PAD_MIN_N", 16)
+    assert tp.padded_columns(18) == 32 and tp.padded_columns(32) == 32 and tp.padded_columns(15) == 15
+    calls = []
+    tall = tp._newton_schulz_tall
+    monkeypatch.setattr(tp, "_newton_schulz_tall", lambda X, *a: calls.append(tuple(X.shape)) or tall(X, *a))
+    O = tp.polar_newton_schulz(G, mode=mode, rcond=1e-3, side=side)
+    assert calls == [(3, 45, 32)] and O.shape == G.shape
+    monkeypatch.setattr(tp, "PAD_MIN_N", 10**9)
+    R = tp.polar_newton_schulz(G, mode=mode, rcond=1e-3, side=side)
+    assert calls[-1] == tuple(G.shape)
+    assert O[1].isnan().all() and torch.equal(O[2], torch.zeros_like(O[2]))
+    assert (O[0] - R[0]).abs().max() <= 1e-6, (O[0] - R[0]).abs().max()
+    if mode == "accurate":
+        assert_contract(G[:1], O[:1])
+
+
 def test_reference_switch_is_checked_and_late_factor_needs_a_quintic():
     from orthokern import ns_schedule
     from orthokern.reference.newton_schulz import polar_newton_schulz

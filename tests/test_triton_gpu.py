@@ -102,6 +102,20 @@ def test_newton_schulz_every_side_real_size(side):
     assert acc.E <= E_BOUND[torch.float32] and acc.norm2 <= 1 + NORM_SLACK[torch.float32], acc
 
 
+@pytest.mark.parametrize("mode", ["accurate", "fast"])
+def test_newton_schulz_padded_n_real_size(mode):
+    # The fc layer's shape: n = 1000 is iterated padded to 1008 zero columns (triton_kernels/polar.py, PAD_MIN_N);
+    # a wide input comes back contiguous, a tall one as the strided view of the padded result.
+    W = random_matrix(1, 1000, 2048, "decaying", device="cuda", seed=8)
+    O = orthokern.polar(W, method="newton_schulz", mode=mode, backend="triton")
+    assert O.shape == W.shape and O.is_contiguous()
+    acc = accuracy(W, O)
+    if mode == "accurate":
+        assert acc.E <= E_BOUND[torch.float32] and acc.norm2 <= 1 + NORM_SLACK[torch.float32], acc
+    T = orthokern.polar(W.mT.contiguous(), method="newton_schulz", mode=mode, backend="triton")
+    assert (T - O.mT).abs().max() <= 1e-6
+
+
 # ---------------------------------------------------------------- device guard (issue 14, item 6)
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_ops_on_a_non_current_device(tk):

@@ -99,6 +99,20 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
 
 SIDES = ("tall", "gram", "tall_gram")
 
+# Triton specialises every int argument on its divisibility by 16 (torch_ops._int_specialisation): an n that is not a
+# multiple of 16 (and so a row stride that is not) compiles its own binary of every kernel of the iteration, whose
+# loads it cannot prove aligned. From PAD_MIN_N columns on, the tall side pads such an n with zero columns instead:
+# the iteration maps [X, 0] to [X p(X^T X), 0] exactly (A = X^T X is block diagonal with a zero block, so every
+# product keeps the zero columns zero, and the scale and the normalisation see the same numbers), for at most
+# 15 / PAD_MIN_N more work and one copy of G; the result is the first n columns of the padded one.
+PAD_MULTIPLE = 16
+PAD_MIN_N = 256
+
+
+def padded_columns(n: int) -> int:
+    """The column count the tall side iterates on for n columns."""
+    return n if n < PAD_MIN_N else -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
+
 
 def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float, side: str = "tall",
                         factor: Factor | None = None) -> torch.Tensor:
@@ -116,7 +130,14 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
         switch = ns.switch_step(mode, rcond, G.shape[-1], compute_dtype(G.dtype))
         if switch is None:
             raise ValueError(f"newton_schulz: side='tall_gram' has no switch step in {mode} mode at rcond={rcond}")
-    return _newton_schulz_tall(G, mode, rcond, switch)
+    n, n_pad = G.shape[-1], padded_columns(G.shape[-1])
+    if n_pad == n:
+        return _newton_schulz_tall(G, mode, rcond, switch)
+    # (a power of two is a multiple of 16, so the padding never changes ns_schedule's bucket of n nor its steps)
+    # cat, not copies into slices: the dry-run plan runs this on fake CUDA tensors
+    Gp = torch.cat([G, G.new_zeros((*G.shape[:-1], n_pad - n))], dim=-1)
+    # A strided view, as torch.linalg returns column-major factors; a wide input's transpose back copies it anyway.
+    return _newton_schulz_tall(Gp, mode, rcond, switch).narrow(-1, 0, n)
 
 
 def _newton_schulz_gram_side(G: torch.Tensor, mode: str, rcond: float, factor: Factor) -> torch.Tensor:
