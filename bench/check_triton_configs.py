@@ -4,8 +4,8 @@ the dots lower to. Needs Triton, not a GPU.
     python bench/check_triton_configs.py [--quick] [--arch 90] [--json out.json] [--jobs N]
     PYTHONPATH=/dir/with/another/triton python bench/check_triton_configs.py   # e.g. Triton 3.6 unpacked there
 
-What is compiled is what the ops launch: every op-argument combination (operand dtypes, scale / residual,
-split-K or not, acc_f64, every precision) goes through the ops' own launch plans (``plan`` in
+What is compiled is what the ops launch: every op-argument combination (operand dtypes, stored dtypes, scale /
+residual, split-K or not, acc_f64, every precision) goes through the ops' own launch plans (``plan`` in
 triton_kernels/gram.py, poly.py, tall_apply.py), and every candidate config of the autotune table
 (triton_kernels/_configs.py) that the plan's operand class offers at any n class is compiled with the plan's
 constexprs. Launch specialisation as the JIT does it on a typical launch: pointers 16-byte aligned, sizes and
@@ -84,20 +84,26 @@ def op_calls(quick: bool):
                 A = _meta(2, n, n, dtype=ad)
                 for call in poly.plan(A, A, -4.7, 2.0, prec):
                     yield f"sym_poly A={DTYPES[ad]} {prec}", call
-        # apply: G dtype x Mat dtype x scale x residual x precision
+        # apply: G dtype x Mat dtype x out dtype x scale x residual x precision. The out dtype is G's, or across
+        # float32 and 16 bits as the Newton–Schulz steps store it: fast mode's last bfloat16 step stores a float32 G's
+        # dtype, an accurate float32 step of a half-precision G stores that G's dtype (triton_kernels/polar.py).
         for gd in (F32, F64) + half:
             for md in (F32, F64) + half:
                 if md in half and gd != md:
                     continue  # a 16-bit Mat is only used with a G of its dtype (the fast Newton–Schulz steps)
-                for prec in (_common.PRECISIONS if md == F32 else ("ieee",)):
-                    for has_scale in (False, True):
-                        for alpha in (0.0, 1.5):
-                            G = _meta(2, m, n, dtype=gd)
-                            sc = _meta(2) if has_scale else None
-                            label = f"apply G={DTYPES[gd]} Mat={DTYPES[md]} {prec}"
-                            for call in tall_apply.plan(G, _meta(2, n, n, dtype=md), sc, _meta(2, m, n, dtype=gd),
-                                                        alpha, 1.0, prec):
-                                yield label, call
+                outs = (gd,) + ((F32,) if gd in half else half if (gd, md) == (F32, F32) else ())
+                for od in outs:
+                    for prec in (_common.PRECISIONS if md == F32 else ("ieee",)):
+                        for has_scale in (False, True):
+                            for alpha in (0.0, 1.5):
+                                G = _meta(2, m, n, dtype=gd)
+                                sc = _meta(2) if has_scale else None
+                                label = f"apply G={DTYPES[gd]} Mat={DTYPES[md]} {prec}"
+                                if od != gd:
+                                    label += f" out={DTYPES[od]}"
+                                for call in tall_apply.plan(G, _meta(2, n, n, dtype=md), sc,
+                                                            _meta(2, m, n, dtype=od), alpha, 1.0, prec):
+                                    yield label, call
         # the prologue kernels (no dots, not tuned): the Gram-side scaling, the first factor by (A, result) dtype
         A64 = _meta(2, n, n, dtype=F64)
         for call in prologue.gram_scale_plan(A64, A64, _meta(2, dtype=F64), _meta(2, dtype=torch.bool)):

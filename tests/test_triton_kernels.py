@@ -562,6 +562,26 @@ def test_candidates_are_few_and_fit_the_matrix():
                         assert c.kwargs["BLOCK_N"] <= 64
 
 
+def test_a_float32_result_of_16_bit_operands_keeps_tiles_that_do_not_spill():
+    # bench/check_triton_configs.py found the 128 x 256 apply spilling when it stores float32 from 16-bit operands
+    from orthokern.triton_kernels import _configs
+
+    def tile(c):
+        return c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]
+
+    limit = _configs.F16_APPLY_FLOAT32_OUT_MAX_TILE
+    for n in (16, 64, 128, 512, 1000):
+        table = _configs.table_candidates("apply", "f16", n)
+        for dt in (torch.bfloat16, torch.float16):
+            named = {"MAT": torch.empty(0, dtype=dt), "N": n}
+            same = _configs.candidates("apply", {**named, "OUT": torch.empty(0, dtype=dt)}, {}, gpu=True)
+            wide = _configs.candidates("apply", {**named, "OUT": torch.empty(0, dtype=torch.float32)}, {}, gpu=True)
+            assert same == table, (n, dt)
+            assert wide and all(tile(c) <= limit for c in wide), (n, dt, wide)
+            assert wide == [c for c in table if tile(c) <= limit], (n, dt)
+    assert any(tile(c) > limit for c in _configs.table_candidates("apply", "f16", 512))  # the filter does filter
+
+
 def test_tune_key_is_the_key_triton_computes(tk, monkeypatch):
     """tune_key(call) against the key Triton's Autotuner.run builds for the same launch (given two configs, so that
     it computes one; the prune hook keeps the interpreter's one, so nothing is benchmarked)."""

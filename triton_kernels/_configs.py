@@ -209,6 +209,13 @@ def _launch_class(family: str, named: dict, meta: dict) -> str:
     return operand_class(dot_dtype, meta.get("PRECISION", "ieee"))
 
 
+# An apply of 16-bit operands that stores a float32 result (fast mode's last step on a float32 G) holds the
+# float32 residual and result tiles where a 16-bit store packs them: its 128 x 256 candidate spilled 16-24 bytes at
+# 255 registers for sm_90 on Triton 3.9 (bench/check_triton_configs.py), so such launches keep tiles of at most this
+# many elements.
+F16_APPLY_FLOAT32_OUT_MAX_TILE = 128 * 128
+
+
 def candidates(family: str, named: dict, meta: dict, *, gpu: Optional[bool] = None) -> list[triton.Config]:
     """The configs a launch with runtime arguments ``named`` and constexprs ``meta`` benchmarks (the GPU table's,
     or the interpreter's one config when ``gpu`` is False; default: whichever this process runs)."""
@@ -216,7 +223,11 @@ def candidates(family: str, named: dict, meta: dict, *, gpu: Optional[bool] = No
         gpu = not interpreting()
     if not gpu:
         return [INTERPRETER[family]]
-    return table_candidates(family, _launch_class(family, named, meta), int(named["N"]))
+    cls = _launch_class(family, named, meta)
+    cands = table_candidates(family, cls, int(named["N"]))
+    if family == "apply" and cls == "f16" and named["OUT"].dtype == torch.float32:
+        cands = [c for c in cands if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= F16_APPLY_FLOAT32_OUT_MAX_TILE]
+    return cands
 
 
 def _prune(family: str):
