@@ -84,14 +84,15 @@ def op_calls(quick: bool):
                 A = _meta(2, n, n, dtype=ad)
                 for call in poly.plan(A, A, -4.7, 2.0, prec):
                     yield f"sym_poly A={DTYPES[ad]} {prec}", call
-        # apply: G dtype x Mat dtype x out dtype x scale x residual x precision. The out dtype is G's, or across
-        # float32 and 16 bits as the Newton–Schulz steps store it: fast mode's last bfloat16 step stores a float32 G's
-        # dtype, an accurate float32 step of a half-precision G stores that G's dtype (triton_kernels/polar.py).
+        # apply: G dtype x Mat dtype x out dtype x scale x residual x precision. The out dtype is G's, or another as
+        # the Newton–Schulz steps store it: fast mode's last bfloat16 step stores the caller's dtype (float32, or
+        # float16), an accurate float32 step of a half-precision G stores that G's dtype (triton_kernels/polar.py).
         for gd in (F32, F64) + half:
             for md in (F32, F64) + half:
                 if md in half and gd != md:
                     continue  # a 16-bit Mat is only used with a G of its dtype (the fast Newton–Schulz steps)
-                outs = (gd,) + ((F32,) if gd in half else half if (gd, md) == (F32, F32) else ())
+                outs = (gd,) + ((F32,) + tuple(h for h in half if h != gd) if gd in half
+                                else half if (gd, md) == (F32, F32) else ())
                 for od in outs:
                     for prec in (_common.PRECISIONS if md == F32 else ("ieee",)):
                         for has_scale in (False, True):
