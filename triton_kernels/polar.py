@@ -23,9 +23,10 @@ from typing import Callable
 import torch
 
 from .. import ns_schedule as ns
+from ..reference.gram_eigh import inverse_sqrt_of
 from ..reference.newton_schulz import gram_side_factor as _gram_side_factor
 from ..reference.newton_schulz import low_precision_dtype
-from ..reference.scaling import compute_dtype, per_matrix, significant
+from ..reference.scaling import compute_dtype, per_matrix
 from ._common import ACCURATE, BOUNDED  # the precisions of float32 dots (_common.PRECISIONS)
 from .newton_schulz import ns_step
 
@@ -84,10 +85,7 @@ def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
     """Triton Gram (float64) -> ``eigh`` of the n x n Gram -> Triton apply in the compute dtype. ``mode`` does not
     change it (reference/gram_eigh.py says why)."""
     A, finite, scale = scaled_gram64(G)
-    lam, W = eigh(A)
-    keep = significant(lam, rcond * rcond)
-    inv = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
-    M = (W * inv.unsqueeze(-2)) @ W.mT
+    M = inverse_sqrt_of(*eigh(A), rcond * rcond)
     work = compute_dtype(G.dtype)
     # The apply scales G on load by s1, a power of two representable in the compute dtype; what s1 leaves of the
     # scale (an all-subnormal float32 matrix needs 2^132) rides in M, which is computed in float64.

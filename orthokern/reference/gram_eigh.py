@@ -24,12 +24,17 @@ import torch
 from .scaling import gram64, per_matrix, prepare, significant
 
 
-def inverse_sqrt(A: torch.Tensor, rcond: float) -> torch.Tensor:
-    """A^{-1/2} restricted to the eigenvalues that belong to significant singular values (float64, (B, n, n))."""
-    lam, W = torch.linalg.eigh(A)
-    keep = significant(lam, rcond * rcond)
+def inverse_sqrt_of(lam: torch.Tensor, W: torch.Tensor, rel: float) -> torch.Tensor:
+    """W diag(lam^-1/2) W^T from an eigendecomposition (lam ascending, eigenvectors the columns of W), over the
+    eigenvalues at least ``rel`` times the largest (``scaling.significant``); the others map to 0."""
+    keep = significant(lam, rel)
     inv = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
     return (W * inv.unsqueeze(-2)) @ W.mT
+
+
+def inverse_sqrt(A: torch.Tensor, rcond: float) -> torch.Tensor:
+    """A^{-1/2} restricted to the eigenvalues that belong to significant singular values (float64, (B, n, n))."""
+    return inverse_sqrt_of(*torch.linalg.eigh(A), rcond * rcond)
 
 
 # The float32 fast path decomposes a matrix's float32 Gram matrix only where its trace is finite (then no entry
@@ -52,9 +57,7 @@ def _polar_float32(G: torch.Tensor, rcond: float) -> torch.Tensor:
     # A float32 Gram matrix carries an error near eps32 lam_max, a few percent of rcond^2 lam_max: keep down to half of
     # that, so that a direction just above rcond is not dropped for its rounding (the contract lets the directions
     # below rcond map anywhere in [0, 1 + tol]; these map to 1 within a few percent).
-    keep = significant(lam, FLOAT32_KEEP_FACTOR * rcond * rcond)
-    inv = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(), torch.zeros_like(lam))
-    O = (X @ ((W * inv.unsqueeze(-2)) @ W.mT)).to(G.dtype)
+    O = (X @ inverse_sqrt_of(lam, W, FLOAT32_KEEP_FACTOR * rcond * rcond)).to(G.dtype)
     if not all_safe:  # non-finite, or far from 1 in scale: the float64 path, which scales first
         idx = (~safe).nonzero().squeeze(1)
         O[idx] = polar_gram_eigh(G[idx], mode="accurate", rcond=rcond)
