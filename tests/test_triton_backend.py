@@ -236,6 +236,43 @@ def test_newton_schulz_pads_an_n_off_the_multiple_of_16(monkeypatch, side, mode)
         assert_contract(G[:1], O[:1])
 
 
+@interp
+@pytest.mark.parametrize("method", ["gram_eigh", "newton_schulz"])
+def test_a_small_column_major_matrix_is_iterated_row_major(monkeypatch, method):
+    """A column-major G (a wide matrix's transposed view) up to ROW_MAJOR_COPY_MAX_ELEMENTS is copied row-major before
+    the kernels read it (so that it shares their row-major binaries); a larger one is read in place. Same results
+    either way."""
+    from orthokern.dispatch import triton_polar
+
+    tp = triton_polar()
+    G = random_matrix(2, 18, 40, "decaying", device=DEVICE, seed=32).mT  # (2, 40, 18), column-major
+    assert G.stride(-2) == 1
+    seen = []
+    ops = tp._ops()
+
+    class Ops:  # records the strides every Gram launch reads
+        def __getattr__(self, name):
+            return getattr(ops, name)
+
+        def triton_sym_gram(self, X, *a):
+            seen.append(X.stride())
+            return ops.triton_sym_gram(X, *a)
+
+    monkeypatch.setattr(tp, "_ops", Ops)
+    run = getattr(tp, f"polar_{method}")
+    kw = {"side": "tall"} if method == "newton_schulz" else {}
+    O = run(G, mode="accurate", rcond=1e-3, **kw)
+    assert seen[0] == (40 * 18, 18, 1)  # the copy
+    X = G.contiguous()
+    assert tp.row_major(X) is X
+    monkeypatch.setattr(tp, "ROW_MAJOR_COPY_MAX_ELEMENTS", G.numel() - 1)
+    seen.clear()
+    R = run(G, mode="accurate", rcond=1e-3, **kw)
+    assert seen[0] == G.stride()  # read in place
+    assert torch.equal(O, R)
+    assert_contract(G, O)
+
+
 def test_reference_switch_is_checked_and_late_factor_needs_a_quintic():
     from orthokern import ns_schedule
     from orthokern.reference.newton_schulz import polar_newton_schulz

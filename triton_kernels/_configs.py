@@ -9,7 +9,8 @@ specialisation, and decisions cached on disk.
   shared memory of an H100 (bench/check_triton_configs.py checks each one, with Triton 3.6 and 3.9; its test
   checks a subset).
 * **Keys.** Every kernel's key lists its n class and every constexpr that changes the compiled code (HAS_SCALE,
-  HAS_RES, PARTIAL, ACC_F64, PRECISION); Triton appends the dtypes of the tensor arguments itself.
+  PARTIAL, ACC_F64, PRECISION); Triton appends the dtypes of the tensor arguments itself. (The apply's residual is
+  a runtime branch in its epilogue, not a specialisation: tall_apply.py.)
 * **Disk cache.** ``cache_results=True`` (Triton 3.6 and 3.9 both have it): a decision is stored in Triton's
   cache directory, keyed by Triton's version, the target (backend, compute capability, ptxas version), the kernel
   source, the key and the candidate configs, so later processes on a GPU of the same compute capability

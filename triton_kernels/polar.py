@@ -80,10 +80,27 @@ def _nan_where_not(finite: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     return torch.where(per_matrix(finite), M, float("nan"))
 
 
+# Triton specialises a stride equal to 1, so a column-major G (the transposed view of a wide matrix that
+# ``orthokern.polar`` or ``optim.batched.by_shape`` passes without a copy) compiles its own binary of each kernel
+# that reads it. Up to this many elements such a G is copied row-major instead: the copy is a few microseconds of
+# memory traffic, a binary is seconds of compilation on a first step (the lone wide gradients of a ResNet-50 step,
+# 64 x 147 and 128 x 256, compiled four binaries of their own: bench/RESULTS.md, plan section). Larger ones are read
+# in place, where a copy would be a full pass over G more.
+ROW_MAJOR_COPY_MAX_ELEMENTS = 2**20
+
+
+def row_major(G: torch.Tensor) -> torch.Tensor:
+    """G, copied row-major where it is not and small enough (``ROW_MAJOR_COPY_MAX_ELEMENTS``)."""
+    if G.stride(-1) == 1 or G.shape[-1] == 1 or G.numel() > ROW_MAJOR_COPY_MAX_ELEMENTS:
+        return G
+    return G.clone(memory_format=torch.contiguous_format)  # (not .contiguous(): fails on the plan's fake CUDA tensors)
+
+
 def polar_gram_eigh(G: torch.Tensor, *, mode: str = "accurate", rcond: float,
                     eigh: Callable = torch.linalg.eigh) -> torch.Tensor:
     """Triton Gram (float64) -> ``eigh`` of the n x n Gram -> Triton apply in the compute dtype. ``mode`` does not
     change it (reference/gram_eigh.py says why)."""
+    G = row_major(G)
     A, finite, scale = scaled_gram64(G)
     M = inverse_sqrt_of(*eigh(A), rcond * rcond)
     work = compute_dtype(G.dtype)
@@ -117,6 +134,7 @@ def polar_newton_schulz(G: torch.Tensor, *, mode: str = "accurate", rcond: float
     """The reference's schedule and normalisation, iterated on X (``side="tall"``), on its n x n Gram matrix
     (``side="gram"``, with ``factor(A, steps) -> Q`` computing the n x n factor), or on X and then, from
     ``ns_schedule.switch_step`` on, on the n x n side (``side="tall_gram"``, accurate mode)."""
+    G = row_major(G)
     if side == "gram":
         if factor is None:
             raise ValueError("newton_schulz: side='gram' needs factor=")

@@ -19,12 +19,13 @@ from ._common import KernelCall, check_dtype, check_precision, dot_precision, do
 from .gram import _to_f64
 
 
-@_configs.autotune("apply", key=["N_CLASS", "HAS_SCALE", "HAS_RES", "ACC_F64", "PRECISION"])
+@_configs.autotune("apply", key=["N_CLASS", "HAS_SCALE", "ACC_F64", "PRECISION"])
 # M (the rows) only bounds masks and the row loop: not specialised, so that matrices whose row counts differ in
-# divisibility by 16 share a binary.
+# divisibility by 16 share a binary. The residual is a runtime branch on alpha, not a constexpr: it is only in the
+# epilogue (one tile load), so the launches with and without it share a binary (the main loop is the same code).
 @triton.jit(do_not_specialize=["M"])
 def _apply_kernel(G, MAT, SCALE, OUT, M, N, stride_b, stride_m, stride_n, alpha: tl.float64, beta: tl.float64,
-                  N_CLASS, HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr, ACC_F64: tl.constexpr,
+                  N_CLASS, HAS_SCALE: tl.constexpr, ACC_F64: tl.constexpr,
                   PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     bi = tl.program_id(1)
@@ -64,7 +65,7 @@ def _apply_kernel(G, MAT, SCALE, OUT, M, N, stride_b, stride_m, stride_n, alpha:
     else:
         acc = acc * tl.cast(beta, tl.float32)
     omask = (rm[:, None] < M) & (rn[None, :] < N)
-    if HAS_RES:
+    if alpha != 0.0:
         res = tl.load(gbase + rm[:, None] * stride_m + rn[None, :] * stride_n, mask=omask, other=0.0)
         if ACC_F64:
             acc += alpha * res.to(acc.dtype)
@@ -91,7 +92,7 @@ def plan(G: torch.Tensor, Mat: torch.Tensor, scale: Optional[torch.Tensor], out:
                     SCALE=_common.rows(scale, b0, b1) if scale is not None else Mat, OUT=_common.rows(out, b0, b1),
                     M=m, N=n, stride_b=G.stride(0), stride_m=G.stride(1), stride_n=G.stride(2), alpha=float(alpha),
                     beta=float(beta), N_CLASS=_common.n_class(n))
-        meta = dict(HAS_SCALE=scale is not None, HAS_RES=alpha != 0.0, ACC_F64=f64, PRECISION=prec)
+        meta = dict(HAS_SCALE=scale is not None, ACC_F64=f64, PRECISION=prec)
         io = nbat * (m * n * (element_size(G.dtype) + element_size(out.dtype)) + n * n * element_size(Mat.dtype)
                      + (4 if scale is not None else 0))
         first = _configs.candidates("apply", args, meta, gpu=True)[0].kwargs
