@@ -94,40 +94,59 @@ def launch_seconds(launch: Launch, device: DeviceModel) -> float:
     return max(launch.bytes / (device.bandwidth * device.efficiency), compute)
 
 
+def _programs(B: int, m: int, n: int) -> tuple[int, int]:
+    """(programs of a symmetric n x n product, of an apply) on a (B, m, n) batch: 64-wide tiles of the triangle, and
+    128 x 64 tiles of X (the common tiles of triton_kernels/_configs.py)."""
+    return B * (-(-n // 64)) * (-(-n // 64) + 1) // 2, B * (-(-m // 128)) * (-(-n // 64))
+
+
 def _tall_steps_seconds(B: int, m: int, n: int, steps: int, quintics: int, elem_bytes: int, unit: str,
-                        device: DeviceModel, passes: int) -> float:
+                        device: DeviceModel, passes: int, waves: bool = False) -> float:
     """The arithmetic and traffic of ``steps`` steps on X (launch costs apart): per step the symmetric Gram (read X)
-    and the apply (read X, write X), per quintic step the symmetric square of the n x n Gram matrix."""
+    and the apply (read X, write X), per quintic step the symmetric square of the n x n Gram matrix. With ``waves``,
+    each launch's arithmetic takes whole waves of its programs (``_programs``)."""
     mn, mn2, n3 = B * m * n, B * m * n * n, B * n**3
-    per = [Launch("gram", {unit: passes * mn2}, 2 * elem_bytes * mn),
-           Launch("apply", {unit: passes * 2 * mn2}, 2 * elem_bytes * mn)]
+    sym, tall = _programs(B, m, n) if waves else (None, None)
+    per = [Launch("gram", {unit: passes * mn2}, 2 * elem_bytes * mn, programs=sym),
+           Launch("apply", {unit: passes * 2 * mn2}, 2 * elem_bytes * mn, programs=tall)]
     return steps * sum(launch_seconds(x, device) for x in per) + quintics * launch_seconds(
-        Launch("poly", {unit: passes * n3}, 0.0), device)
+        Launch("poly", {unit: passes * n3}, 0.0, programs=sym), device)
+
+
+def newton_schulz_tall_seconds(B: int, m: int, n: int, steps: int, quintics: int, elem_bytes: int, unit: str,
+                               device: DeviceModel, passes: int = 1) -> float:
+    """Modelled seconds of the tall side (as in ``newton_schulz_sides``) counting whole waves of programs, for
+    comparing batches of different sizes: a small batch leaves most SMs idle in every launch, which is what
+    ``dispatch.merge_buckets`` weighs against the rows and columns it pads. An estimate."""
+    return (_tall_steps_seconds(B, m, n, steps, quintics, elem_bytes, unit, device, passes, waves=True)
+            + (7 + 3 * steps) * device.graph_launch_s)
 
 
 def newton_schulz_tall_gram(B: int, m: int, n: int, steps: tuple, switch: int, elem_bytes: int, unit: str,
-                            device: DeviceModel, passes: int = 1) -> float:
+                            device: DeviceModel, passes: int = 1, waves: bool = False) -> float:
     """Modelled seconds of the tall side handing steps ``switch`` onwards (``steps``: (a, b, c, ...) tuples, as
     ns_schedule.Step) to the n x n side (``triton_kernels/polar.py: late_factor``): the first ``switch`` steps on X
     as in ``newton_schulz_sides``, the Gram matrix of X_k, per late quintic step the symmetric square and per late step
     three symmetric n x n products (one on the last step; the first step's Q is R plus a diagonal), each one triangle
     of a product, and the apply of Q to X_k.
-    Launches at the graph-captured rate. An estimate, like the rest of this module."""
+    Launches at the graph-captured rate; ``waves`` as in ``_tall_steps_seconds``. An estimate, like the rest of this
+    module."""
     early, late = steps[:switch], steps[switch:]
     mn, mn2, n3, nn = B * m * n, B * m * n * n, B * n**3, B * n * n
     t = _tall_steps_seconds(B, m, n, len(early), sum(1 for s in early if s[2] != 0.0), elem_bytes, unit, device,
-                            passes)
+                            passes, waves)
+    sym, tall = _programs(B, m, n) if waves else (None, None)
     launches = 7 + 3 * len(early)
-    calls = [Launch("gram", {unit: passes * mn2}, elem_bytes * (mn + nn))]
+    calls = [Launch("gram", {unit: passes * mn2}, elem_bytes * (mn + nn), programs=sym)]
     for i, s in enumerate(late):
         last = i + 1 == len(late)
         if s[2] != 0.0:
-            calls.append(Launch("poly", {unit: passes * n3}, 2 * elem_bytes * nn))
+            calls.append(Launch("poly", {unit: passes * n3}, 2 * elem_bytes * nn, programs=sym))
         applies = (1 if i > 0 else 0) + (0 if last else 2)
-        calls += [Launch("sym_mul", {unit: passes * n3}, 3 * elem_bytes * nn)] * applies
+        calls += [Launch("sym_mul", {unit: passes * n3}, 3 * elem_bytes * nn, programs=sym)] * applies
         if i == 0:
             calls.append(Launch("diagonal", {}, 2 * elem_bytes * B * n))
-    calls.append(Launch("apply", {unit: passes * 2 * mn2}, elem_bytes * (2 * mn + nn)))
+    calls.append(Launch("apply", {unit: passes * 2 * mn2}, elem_bytes * (2 * mn + nn), programs=tall))
     return t + sum(launch_seconds(x, device) for x in calls) + (launches + len(calls)) * device.graph_launch_s
 
 

@@ -4,7 +4,8 @@
 2. The table: every (method, backend) implementation, what it calls and when it can run (``why_not``).
 3. ``backend=None``: the order backends are tried in, and where one that can run declines because another was
    measured faster (``prefer``).
-4. ``method="auto"``: which method for which device, shape and mode.
+4. ``method="auto"``: which method for which device, shape and mode; and on a GPU, which shape buckets of an
+   optimiser step share one call on zero-padded matrices (``merge_buckets``).
 5. :func:`resolve` and :func:`run`: the choice for one tall batch, and the typed error when nothing can run.
 
 Everything is decided from shapes, dtypes, devices and an :class:`~orthokern._env.Env` (what is built and what
@@ -139,8 +140,7 @@ def newton_schulz_side(B: int, m: int, n: int, mode: str, dtype: torch.dtype, de
     if device_type != "cuda":
         return "gram" if m >= 2 * n else "tall"
     quintics = sum(1 for s in steps if s.c != 0.0)
-    # fast: bfloat16 steps; accurate: float32 steps as three float16 passes ("fp16x3", triton_kernels/_dot.py)
-    unit, elem, passes = ("tc16", 2, 1) if mode == "fast" else ("tc16", 4, 3)
+    unit, elem, passes = _tall_products(mode)
     # backend "cuda": the whole n x n iteration in one launch
     fused = (compiled.gram_ns_factor_flops(B, n, [s.c for s in steps]) if n <= compiled.LIMITS["cuda_small_max_n"]
              else None)
@@ -151,6 +151,12 @@ def newton_schulz_side(B: int, m: int, n: int, mode: str, dtype: torch.dtype, de
     if switch is not None:
         costs["tall_gram"] = _cost.newton_schulz_tall_gram(B, m, n, steps, switch, elem, unit, device, passes)
     return min(costs, key=costs.get)
+
+
+def _tall_products(mode: str) -> tuple[str, int, int]:
+    """(unit, bytes per element, passes) of the tall side's products on a GPU: fast mode's bfloat16 steps; accurate
+    mode's float32 steps as three float16 passes ("fp16x3", triton_kernels/_dot.py)."""
+    return ("tc16", 2, 1) if mode == "fast" else ("tc16", 4, 3)
 
 
 def _triton_gram_eigh(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
@@ -283,6 +289,84 @@ def choose_method(m: int, n: int, device_type: str, mode: str, rcond: float = 1e
     if rcond < rcond_floor(method, dtype):
         return "cholqr2"
     return method
+
+
+def merge_buckets(shapes: list[tuple[int, int, int]], *, method: str, mode: str, rcond: float,
+                  backend: Optional[str], dtype: torch.dtype, device_type: str) -> list[list[int]]:
+    """Which tall (B, m, n) shape buckets of one polar call each (``optim.batched.by_shape``) run as one call
+    instead, on their matrices zero-padded to the largest m and n of the group: groups of indices into ``shapes``.
+
+    Zero rows and columns change nothing in a Newton–Schulz iteration (A = X^T X gains a zero block, every product
+    keeps the padding zero, the scale and the normalisation see the same numbers), so the padded call gives each
+    matrix its own result in its first m rows and n columns. It pays where a batch alone leaves most of the GPU idle
+    in each of its ~30 launches: a ResNet-50 step's three n = 128 buckets (7 x 512, 4 x 1152, 1 x 256 rows) or its
+    fc layer (n = 1000) beside the 2048 x 1024 layer. Only on a GPU, for the Triton Newton–Schulz path (n > 64:
+    smaller n take the fused Gram side, one launch), between buckets with the same schedule (``ns_schedule``: the same
+    power-of-two bucket of n), and only where the cost model (``_cost.newton_schulz_tall_seconds``, whole waves of
+    programs on an H100) says the padded call is faster than the separate ones. Greedy: the largest buckets first,
+    each joining the group it saves most in, or starting its own. Decided from shapes alone.
+    """
+    if not _merges(method, mode, rcond, backend, dtype, device_type):
+        return [[i] for i in range(len(shapes))]
+    # Every optimiser step asks again with the same shapes: the greedy search is kept (a plain dict, as
+    # ns_schedule's schedules, for dynamo's sake).
+    key = (tuple(shapes), method, mode, rcond, backend, dtype, device_type, current_env())
+    if key not in _MERGES:
+        _MERGES[key] = tuple(tuple(g) for g in _merge_groups(list(shapes), method, mode, rcond, dtype))
+    return [list(g) for g in _MERGES[key]]
+
+
+_MERGES: dict[tuple, tuple[tuple[int, ...], ...]] = {}
+
+
+def _merge_groups(shapes: list[tuple[int, int, int]], method: str, mode: str, rcond: float,
+                  dtype: torch.dtype) -> list[list[int]]:
+    device = _cost.DEVICES["h100"]
+    unit, elem, passes = _tall_products(mode)
+    ns_rcond = effective_rcond("newton_schulz", rcond, dtype)
+
+    def seconds(members: list[int]) -> float:
+        B, m, n = (sum(shapes[i][0] for i in members), max(shapes[i][1] for i in members),
+                   max(shapes[i][2] for i in members))
+        steps = ns_schedule.steps_for(mode, ns_rcond, n, compute_dtype(dtype))
+        quintics = sum(1 for s in steps if s.c != 0.0)
+        side = newton_schulz_side(B, m, n, mode, dtype, "cuda", ns_rcond)  # the side the call would take
+        if side == "gram":
+            fused = (compiled.gram_ns_factor_flops(B, n, [s.c for s in steps])
+                     if n <= compiled.LIMITS["cuda_small_max_n"] else None)
+            return _cost.newton_schulz_sides(B, m, n, len(steps), quintics, elem, unit, device, passes, fused)[1]
+        if side == "tall_gram":
+            return _cost.newton_schulz_tall_gram(B, m, n, steps, ns_schedule.switch_step(
+                mode, ns_rcond, n, compute_dtype(dtype)), elem, unit, device, passes, waves=True)
+        return _cost.newton_schulz_tall_seconds(B, m, n, len(steps), quintics, elem, unit, device, passes)
+
+    alone: list[list[int]] = []
+    groups: list[tuple[int, list[int]]] = []  # (power-of-two bucket of n, members)
+    for i in sorted(range(len(shapes)), key=lambda i: -shapes[i][0] * shapes[i][1] * shapes[i][2]):
+        B, m, n = shapes[i]
+        if method == "auto" and choose_method(m, n, "cuda", mode, rcond, dtype) != "newton_schulz":
+            alone.append([i])
+            continue
+        key = ns_schedule.n_bucket(n)
+        best, gain = None, 0.0
+        for k, members in groups:
+            if k == key:
+                saved = seconds(members) + seconds([i]) - seconds(members + [i])
+                if saved > gain:
+                    best, gain = members, saved
+        if best is None:
+            groups.append((key, [i]))
+        else:
+            best.append(i)
+    return sorted(alone + [sorted(members) for _, members in groups], key=min)
+
+
+def _merges(method: str, mode: str, rcond: float, backend: Optional[str], dtype: torch.dtype,
+            device_type: str) -> bool:
+    """Whether ``merge_buckets`` may group buckets of this call: the Triton Newton–Schulz path on a GPU."""
+    return (device_type == "cuda" and method in ("auto", "newton_schulz") and backend in (None, "triton")
+            and dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and current_env().triton_why_not(torch.device("cuda")) is None)
 
 
 # Breakdown guard of auto (eager, CPU): every column of O must have norm <= 1 + slack, since a column norm bounds

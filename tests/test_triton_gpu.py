@@ -116,6 +116,26 @@ def test_newton_schulz_padded_n_real_size(mode):
     assert (T - O.mT).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("mode", ["accurate", "fast"])
+def test_merged_buckets_real_size(mode):
+    # The ResNet-50 step's n = 128 buckets and its fc layer beside the 2048 x 1024 layer run as padded calls
+    # (dispatch.merge_buckets): each result is its matrix's own polar factor, dense, in its orientation.
+    from orthokern.optim import polar_by_shape
+
+    mats = ([random_matrix(1, 512, 128, "decaying", device="cuda", seed=s)[0] for s in range(3)]
+            + [random_matrix(1, 128, 1152, "decaying", device="cuda", seed=10 + s)[0] for s in range(2)]
+            + [random_matrix(1, 256, 128, "decaying", device="cuda", seed=20)[0],
+               random_matrix(1, 2048, 1024, "decaying", device="cuda", seed=21)[0],
+               random_matrix(1, 1000, 2048, "decaying", device="cuda", seed=22)[0]])
+    out = polar_by_shape(mats, mode=mode)
+    for G, O in zip(mats, out):
+        assert O.shape == G.shape and O.is_contiguous()
+        acc = accuracy(G[None], O[None])
+        if mode == "accurate":
+            assert acc.E <= E_BOUND[torch.float32] and acc.norm2 <= 1 + NORM_SLACK[torch.float32], acc
+        else:  # bfloat16 steps: as accurate as the matrix's own call, not bit for bit
+            assert acc.E <= 2 * accuracy(G[None], orthokern.polar(G, mode=mode)[None]).E + 1e-3, acc
+
 # ---------------------------------------------------------------- device guard (issue 14, item 6)
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_ops_on_a_non_current_device(tk):

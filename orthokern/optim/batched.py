@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .. import dispatch
 from .._polar import polar
 from . import distributed as sharing
 from .transforms import Transform, buckets, normalise_frobenius, normalise_rows, oriented, unoriented
@@ -28,27 +29,75 @@ def apply(X: torch.Tensor, t: Transform) -> torch.Tensor:
 
 @torch.no_grad()
 def by_shape(blocks: Sequence[torch.Tensor], transforms: Sequence[Transform]) -> list[torch.Tensor]:
-    """``transforms[i]`` applied to each (k, m, n) block, with one call per (transform, m, n, dtype, device)."""
+    """``transforms[i]`` applied to each (k, m, n) block, with one call per (transform, m, n, dtype, device), or
+    fewer where the dispatch merges shape buckets into one call on zero-padded matrices
+    (``orthokern.dispatch.merge_buckets``: on a GPU, where small batches would leave it idle)."""
     out: list[Optional[torch.Tensor]] = [None] * len(blocks)
     # Polar blocks tall (wide ones transposed), so that transposed shapes share a call (transforms.oriented).
     views = [oriented(b, t) for b, t in zip(blocks, transforms)]
-    for key, idx in buckets(views, transforms).items():
-        # The transposed blocks first, so that their results go back to their orientation in one copy.
-        flipped = [i for i in idx if views[i] is not blocks[i]]
-        idx = flipped + [i for i in idx if views[i] is blocks[i]]
-        # A lone block needs no copy: the transforms read their input and never write it.
-        X = views[idx[0]] if len(idx) == 1 else torch.cat([views[i] for i in idx])
-        O = apply(X, key[0])
-        sizes = [views[i].shape[0] for i in idx]
-        parts = list(O.split(sizes))
-        if flipped:
-            # split, not indexing: the dry-run plan runs this on fake CUDA tensors (see reference.scaling.per_matrix)
-            k = sum(sizes[:len(flipped)])
-            head = O.split([k, O.shape[0] - k])[0]
-            parts[:len(flipped)] = unoriented(head, blocks[flipped[0]]).split(sizes[:len(flipped)])
-        for i, o in zip(idx, parts):
-            out[i] = o
+    for group in _calls(buckets(views, transforms), views):
+        (t, M, N, _, _), members = group[0][0], []
+        if len(group) > 1:
+            M, N = max(key[1] for key, _ in group), max(key[2] for key, _ in group)
+        stacks = []
+        for key, idx in group:
+            # The transposed blocks first, so that their results go back to their orientation in one copy.
+            flipped = [i for i in idx if views[i] is not blocks[i]]
+            idx = flipped + [i for i in idx if views[i] is blocks[i]]
+            members.append((key, idx, flipped))
+            # A lone block needs no copy: the transforms read their input and never write it.
+            X = views[idx[0]] if len(idx) == 1 else torch.cat([views[i] for i in idx])
+            if (key[1], key[2]) != (M, N):  # zero rows and columns up to the group's shape
+                X = torch.nn.functional.pad(X, (0, N - key[2], 0, M - key[1]))
+            stacks.append(X)
+        O = apply(stacks[0] if len(stacks) == 1 else torch.cat(stacks), t)
+        b0 = 0
+        for (key, idx, flipped), X in zip(members, stacks):
+            Ok = O if len(stacks) == 1 else O.narrow(0, b0, X.shape[0])
+            b0 += X.shape[0]
+            padded = (key[1], key[2]) != (M, N)
+            if padded:  # narrow, not indexing: the dry-run plan runs this on fake CUDA tensors
+                Ok = Ok.narrow(1, 0, key[1]).narrow(2, 0, key[2])
+            _scatter(Ok, idx, flipped, views, blocks, out, dense=padded)
     return out  # type: ignore[return-value]
+
+
+def _calls(groups: dict[tuple, list[int]], views) -> list[list[tuple[tuple, list[int]]]]:
+    """The (key, indices) buckets of ``transforms.buckets`` grouped into calls: one each, except where the dispatch
+    merges polar buckets of one transform, dtype and device (``dispatch.merge_buckets``)."""
+    items = list(groups.items())
+    calls: list[list[tuple[tuple, list[int]]]] = []
+    by_call: dict[tuple, list[int]] = {}
+    for j, (key, _) in enumerate(items):
+        t, _, _, dtype, device = key
+        if t.kind == "polar":
+            by_call.setdefault((t, dtype, device), []).append(j)
+        else:
+            calls.append([items[j]])
+    for (t, dtype, device), js in by_call.items():
+        shapes = [(sum(views[i].shape[0] for i in items[j][1]), items[j][0][1], items[j][0][2]) for j in js]
+        for g in dispatch.merge_buckets(shapes, method=t.method, mode=t.mode, rcond=t.rcond, backend=t.backend,
+                                        dtype=dtype, device_type=device.type):
+            calls.append([items[js[i]] for i in g])
+    return calls
+
+
+def _scatter(O: torch.Tensor, idx: list[int], flipped: list[int], views, blocks, out: list, dense: bool = False
+             ) -> None:
+    """The results of one bucket's blocks (indices ``idx``, the ``flipped`` ones first) from its results O, in their
+    blocks' orientation. ``dense``: O is a strided view (the corner of a padded result), whose unflipped results are
+    copied dense, as an unpadded call returns them (torch's fused optimisers take their fast path on dense tensors)."""
+    sizes = [views[i].shape[0] for i in idx]
+    # split, not indexing: the dry-run plan runs this on fake CUDA tensors (see reference.scaling.per_matrix)
+    k = sum(sizes[:len(flipped)])
+    head, tail = O.split([k, O.shape[0] - k])
+    if dense and tail.shape[0]:
+        tail = tail.clone(memory_format=torch.contiguous_format)
+    parts = list(tail.split(sizes[len(flipped):]))
+    if flipped:
+        parts = list(unoriented(head, blocks[flipped[0]]).split(sizes[:len(flipped)])) + parts
+    for i, o in zip(idx, parts):
+        out[i] = o
 
 
 @torch.no_grad()
