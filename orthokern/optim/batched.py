@@ -39,22 +39,23 @@ def by_shape(blocks: Sequence[torch.Tensor], transforms: Sequence[Transform]) ->
         (t, M, N, _, _), members = group[0][0], []
         if len(group) > 1:
             M, N = max(key[1] for key, _ in group), max(key[2] for key, _ in group)
-        stacks = []
+        stacks = []  # what is stacked into the call's input: views of the blocks, and padded copies
         for key, idx in group:
             # The transposed blocks first, so that their results go back to their orientation in one copy.
             flipped = [i for i in idx if views[i] is not blocks[i]]
             idx = flipped + [i for i in idx if views[i] is blocks[i]]
-            members.append((key, idx, flipped))
-            # A lone block needs no copy: the transforms read their input and never write it.
-            X = views[idx[0]] if len(idx) == 1 else torch.cat([views[i] for i in idx])
-            if (key[1], key[2]) != (M, N):  # zero rows and columns up to the group's shape
-                X = torch.nn.functional.pad(X, (0, N - key[2], 0, M - key[1]))
-            stacks.append(X)
+            members.append((key, idx, flipped, sum(views[i].shape[0] for i in idx)))
+            if (key[1], key[2]) == (M, N):
+                stacks += [views[i] for i in idx]
+            else:  # zero rows and columns up to the group's shape
+                X = views[idx[0]] if len(idx) == 1 else torch.cat([views[i] for i in idx])
+                stacks.append(torch.nn.functional.pad(X, (0, N - key[2], 0, M - key[1])))
+        # A lone block needs no copy: the transforms read their input and never write it.
         O = apply(stacks[0] if len(stacks) == 1 else torch.cat(stacks), t)
         b0 = 0
-        for (key, idx, flipped), X in zip(members, stacks):
-            Ok = O if len(stacks) == 1 else O.narrow(0, b0, X.shape[0])
-            b0 += X.shape[0]
+        for key, idx, flipped, count in members:
+            Ok = O if len(members) == 1 else O.narrow(0, b0, count)
+            b0 += count
             padded = (key[1], key[2]) != (M, N)
             if padded:  # narrow, not indexing: the dry-run plan runs this on fake CUDA tensors
                 Ok = Ok.narrow(1, 0, key[1]).narrow(2, 0, key[2])
