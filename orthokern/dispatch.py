@@ -299,12 +299,13 @@ def merge_buckets(shapes: list[tuple[int, int, int]], *, method: str, mode: str,
     Zero rows and columns change nothing in a Newton–Schulz iteration (A = X^T X gains a zero block, every product
     keeps the padding zero, the scale and the normalisation see the same numbers), so the padded call gives each
     matrix its own result in its first m rows and n columns. It pays where a batch alone leaves most of the GPU idle
-    in each of its ~30 launches: a ResNet-50 step's three n = 128 buckets (7 x 512, 4 x 1152, 1 x 256 rows) or its
-    fc layer (n = 1000) beside the 2048 x 1024 layer. Only on a GPU, for the Triton Newton–Schulz path (n > 64:
-    smaller n take the fused Gram side, one launch), between buckets with the same schedule (``ns_schedule``: the same
-    power-of-two bucket of n), and only where the cost model (``_cost.newton_schulz_tall_seconds``, whole waves of
-    programs on an H100) says the padded call is faster than the separate ones. Greedy: the largest buckets first,
-    each joining the group it saves most in, or starting its own. Decided from shapes alone.
+    in each of its launches: a ResNet-50 step's three n = 128 buckets (7 x 512, 4 x 1152, 1 x 256 rows) or its fc
+    layer (n = 1000) beside the 2048 x 1024 layer. Only on a GPU, for the Newton–Schulz path, between buckets with the
+    same schedule (``ns_schedule``: the same power-of-two bucket of n), and only where the cost model says the padded
+    call is faster than the separate ones: each call modelled on the side it would take (``newton_schulz_side``),
+    the tall and tall-gram sides with whole waves of programs on an H100 (``_cost.newton_schulz_tall_seconds``), the
+    Gram side as ``_cost.newton_schulz_sides`` has it. Greedy: the largest buckets first, each joining the group it
+    saves most in, or starting its own. Decided from shapes alone.
     """
     if not _merges(method, mode, rcond, backend, dtype, device_type):
         return [[i] for i in range(len(shapes))]
@@ -312,18 +313,21 @@ def merge_buckets(shapes: list[tuple[int, int, int]], *, method: str, mode: str,
     # ns_schedule's schedules, for dynamo's sake).
     key = (tuple(shapes), method, mode, rcond, backend, dtype, device_type, current_env())
     if key not in _MERGES:
-        _MERGES[key] = tuple(tuple(g) for g in _merge_groups(list(shapes), method, mode, rcond, dtype))
+        _MERGES[key] = tuple(tuple(g) for g in _merge_groups(list(shapes), method, mode, rcond, backend, dtype))
     return [list(g) for g in _MERGES[key]]
 
 
 _MERGES: dict[tuple, tuple[tuple[int, ...], ...]] = {}
 
 
-def _merge_groups(shapes: list[tuple[int, int, int]], method: str, mode: str, rcond: float,
+def _merge_groups(shapes: list[tuple[int, int, int]], method: str, mode: str, rcond: float, backend: Optional[str],
                   dtype: torch.dtype) -> list[list[int]]:
     device = _cost.DEVICES["h100"]
     unit, elem, passes = _tall_products(mode)
     ns_rcond = effective_rcond("newton_schulz", rcond, dtype)
+
+    # backend=None runs the Gram side's n x n iteration in the fused CUDA kernel where it can (``_cuda_newton_schulz``)
+    fused_ok = backend is None and current_env().cuda_ops is None
 
     def seconds(members: list[int]) -> float:
         B, m, n = (sum(shapes[i][0] for i in members), max(shapes[i][1] for i in members),
@@ -333,7 +337,7 @@ def _merge_groups(shapes: list[tuple[int, int, int]], method: str, mode: str, rc
         side = newton_schulz_side(B, m, n, mode, dtype, "cuda", ns_rcond)  # the side the call would take
         if side == "gram":
             fused = (compiled.gram_ns_factor_flops(B, n, [s.c for s in steps])
-                     if n <= compiled.LIMITS["cuda_small_max_n"] else None)
+                     if fused_ok and n <= compiled.LIMITS["cuda_small_max_n"] else None)
             return _cost.newton_schulz_sides(B, m, n, len(steps), quintics, elem, unit, device, passes, fused)[1]
         if side == "tall_gram":
             return _cost.newton_schulz_tall_gram(B, m, n, steps, ns_schedule.switch_step(
