@@ -181,6 +181,9 @@ def steps_for(mode: str, rcond: float, n: int, compute_dtype: torch.dtype) -> tu
     return schedule(mode, float(rcond), n_bucket(n), 8 * torch.finfo(compute_dtype).eps)
 
 
+# Also a trace-time constant: its numpy simulation would be traced as tensors by dynamo, and its comparisons would be
+# data-dependent branches (torch.compile(fullgraph=True) of a GPU polar() failed there).
+@_assume_constant_result
 def switch_step(mode: str, rcond: float, n: int, compute_dtype: torch.dtype) -> Optional[int]:
     """The first step of ``steps_for(...)`` that may run on the n x n side after the earlier ones ran on X: a
     quintic step k >= 1 (step 0 carries the normalisation) before which the simulated significant singular values

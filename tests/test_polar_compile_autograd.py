@@ -79,3 +79,30 @@ def test_schedule_built_inside_a_compiled_region():
     f = torch.compile(lambda G: orthokern.polar(G, method="newton_schulz", rcond=3e-4), fullgraph=True)
     G = torch.randn(3, 40, 8, dtype=torch.float64)
     torch.testing.assert_close(f(G), orthokern.polar(G, method="newton_schulz", rcond=3e-4))
+
+
+def test_gpu_dispatch_decisions_trace_as_constants():
+    """The GPU dispatch's shape decisions (the Newton–Schulz side, with its switch step, and the optimiser's merged
+    buckets) run inside torch.compile(fullgraph=True) as trace-time constants. switch_step simulates the schedule in
+    numpy, which dynamo would otherwise trace as tensors and stop at a data-dependent branch (a GPU polar() under
+    fullgraph failed there). Decided from shapes alone, so this runs on a CPU: the CPU path never asks."""
+    from orthokern import dispatch, ns_schedule
+    from orthokern.bench.plan import GPU_ENV
+
+    ns_schedule._SCHEDULES.clear()
+    dispatch._MERGES.clear()
+    shapes = [(7, 512, 128), (4, 1152, 128), (1, 256, 128)]
+
+    def decide(x):
+        side = dispatch.newton_schulz_side(7, 512, 128, "accurate", torch.float32, "cuda", 1e-3)
+        groups = dispatch.merge_buckets(shapes, method="auto", mode="accurate", rcond=1e-3, backend=None,
+                                        dtype=torch.float32, device_type="cuda")
+        return x * len(side) + len(groups)
+
+    torch._dynamo.reset()
+    with dispatch.assume(GPU_ENV):
+        out = torch.compile(decide, fullgraph=True, backend="eager")(torch.zeros(1))
+        side = dispatch.newton_schulz_side(7, 512, 128, "accurate", torch.float32, "cuda", 1e-3)
+        groups = dispatch.merge_buckets(shapes, method="auto", mode="accurate", rcond=1e-3, backend=None,
+                                        dtype=torch.float32, device_type="cuda")
+    assert out.item() == len(groups) == 1 and side == "tall"

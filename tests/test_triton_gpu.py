@@ -91,6 +91,17 @@ def test_ops_compile_with_inductor():
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(G), f(G))
 
 
+def test_polar_compiles_fullgraph_on_the_gpu():
+    # The side choice (with ns_schedule.switch_step's numpy simulation) is a trace-time constant: an accurate
+    # tall-gram shape compiles with fullgraph=True and gives the eager result.
+    G = random_matrix(4, 1152, 128, "decaying", device="cuda", seed=9)
+
+    def f(G):
+        return orthokern.polar(G, method="newton_schulz")
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(G), f(G), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("side", ["tall", "gram", "tall_gram"])
 def test_newton_schulz_every_side_real_size(side):
     from orthokern.dispatch import triton_polar
