@@ -162,3 +162,31 @@ def test_fast_mode_beats_muon_where_it_once_lost(method):
         for i in range(G.shape[0]):
             e, e_muon = accuracy(G[i:i + 1], O[i:i + 1]).E, _muon_E(G[i:i + 1])
             assert e <= e_muon, f"{method} fast on {name}[{i}]: E {e:.4f} > Muon's {e_muon:.4f}"
+
+
+def test_numeric_options_share_one_check():
+    """orthokern._checks.finite_number: every numeric option of the optimisers and regularisers (StiefelSGD's lr,
+    momentum, dampening, weight_decay and gain, Layca's lr, OrthogonalityRegulariser's coefficient and schedule)."""
+    import math
+
+    from orthokern._checks import finite_number
+
+    assert finite_number(torch.tensor(0.25), "lr", "X") == 0.25 and finite_number(0, "lr", "X") == 0.0
+    with pytest.raises(TypeError, match=r"X: lr must be a number >= 0, got 'a'"):
+        finite_number("a", "lr", "X")
+    for bad in (-1e-9, math.inf, math.nan):
+        with pytest.raises(ValueError, match=r"X: lr \(the rate\) must be finite and >= 0"):
+            finite_number(bad, "lr", "X", about=" (the rate)")
+    with pytest.raises(ValueError, match="gain must be finite and > 0"):
+        finite_number(0.0, "gain", "X", strict=True)
+    from orthokern.nn import OrthogonalityRegulariser
+    from orthokern.optim import Layca, StiefelSGD
+
+    w = [torch.nn.Parameter(torch.randn(3, 4))]
+    for make, word in ((lambda: StiefelSGD(w, lr=-1.0), "StiefelSGD: lr"),
+                       (lambda: StiefelSGD(w, lr=0.1, gain=0.0), "StiefelSGD: gain"),
+                       (lambda: Layca(w, lr=math.nan), "Layca: lr"),
+                       (lambda: OrthogonalityRegulariser(w, coefficient=-1.0),
+                        "OrthogonalityRegulariser: coefficient")):
+        with pytest.raises(ValueError, match=word):
+            make()

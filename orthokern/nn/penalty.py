@@ -25,11 +25,11 @@ precision weights are computed in float32, float64 ones in float64, everything e
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Union
 
 import torch
 
+from .._checks import finite_number
 from ._views import Weights, check_gain, named_weights
 
 __all__ = ["orthogonality_penalty", "OrthogonalityRegulariser", "KINDS", "BANSAL_2018_SCHEDULE"]
@@ -210,13 +210,7 @@ class OrthogonalityRegulariser:
 
     @staticmethod
     def _check_factor(value, what: str) -> float:
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"OrthogonalityRegulariser: {what} must be a number >= 0, got {value!r}") from None
-        if not (v >= 0.0 and math.isfinite(v)):
-            raise ValueError(f"OrthogonalityRegulariser: {what} must be finite and >= 0, got {value!r}")
-        return v
+        return finite_number(value, what, "OrthogonalityRegulariser")
 
     def _check_schedule(self, schedule: Schedule) -> Schedule:
         if schedule is None or callable(schedule):

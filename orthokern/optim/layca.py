@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .._checks import finite_number
 from .finite import check_params_finite
 
 __all__ = ["Layca", "LAYCA_SELECTIONS"]
@@ -80,15 +81,7 @@ class Layca(torch.optim.Optimizer):
 
     @staticmethod
     def _check_rate(value, name: str) -> float:
-        if isinstance(value, torch.Tensor):
-            value = value.item()
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"Layca: {name} must be a number >= 0, got {value!r}") from None
-        if not (v >= 0 and math.isfinite(v)):
-            raise ValueError(f"Layca: {name} (the rotation rate) must be finite and >= 0, got {value!r}")
-        return v
+        return finite_number(value, name, "Layca", about=" (the rotation rate)")
 
     @staticmethod
     def _check_layca(value):

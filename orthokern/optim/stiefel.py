@@ -21,11 +21,11 @@ the matrix to retract is at least gain: the retraction is well conditioned at an
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional
 
 import torch
 
+from .._checks import finite_number
 from .._polar import check_options
 from .batched import polar_by_shape
 from .finite import check_params_finite
@@ -43,13 +43,7 @@ _PROJECTION_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
 def check_gain(gain, where: str) -> float:
     """``gain``, the scale of the manifold (W W^T = gain^2 I), as a float; an error naming it unless finite and
     > 0."""
-    try:
-        value = float(gain)
-    except (TypeError, ValueError):
-        raise TypeError(f"{where}: gain must be a positive number, got {gain!r}") from None
-    if not (value > 0.0 and math.isfinite(value)):
-        raise ValueError(f"{where}: gain must be finite and > 0, got {gain!r}")
-    return value
+    return finite_number(gain, "gain", where, strict=True)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -106,16 +100,6 @@ def project_parameters_(named: list[tuple[str, torch.Tensor, float]], *, where: 
         p.copy_((o * g).reshape(p.shape))
 
 
-def _check_number(value, name: str, where: str, lo: float = 0.0) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{where}: {name} must be a number, got {value!r}") from None
-    if not (v >= lo and math.isfinite(v)):
-        raise ValueError(f"{where}: {name} must be finite and >= {lo}, got {value!r}")
-    return v
-
-
 class StiefelSGD(torch.optim.Optimizer):
     """SGD with momentum on the Stiefel manifold for the selected >= 2-D parameters, plain SGD for the rest.
 
@@ -149,9 +133,9 @@ class StiefelSGD(torch.optim.Optimizer):
         check_options(method, mode, rcond, backend, where=where)
         self._polar_options = {"method": method, "mode": mode, "rcond": rcond, "backend": backend}
         self.check_finite = bool(check_finite)
-        defaults = {"lr": _check_number(lr, "lr", where), "momentum": _check_number(momentum, "momentum", where),
-                    "dampening": _check_number(dampening, "dampening", where), "nesterov": bool(nesterov),
-                    "weight_decay": _check_number(weight_decay, "weight_decay", where),
+        defaults = {"lr": finite_number(lr, "lr", where), "momentum": finite_number(momentum, "momentum", where),
+                    "dampening": finite_number(dampening, "dampening", where), "nesterov": bool(nesterov),
+                    "weight_decay": finite_number(weight_decay, "weight_decay", where),
                     "gain": check_gain(gain, where), "stiefel": self._check_stiefel(stiefel, where)}
         super().__init__(params, defaults)
 
@@ -165,7 +149,7 @@ class StiefelSGD(torch.optim.Optimizer):
         where = "StiefelSGD"
         for key, lo in (("lr", 0.0), ("momentum", 0.0), ("dampening", 0.0), ("weight_decay", 0.0)):
             if key in param_group:
-                param_group[key] = _check_number(param_group[key], key, where, lo)
+                param_group[key] = finite_number(param_group[key], key, where, lo=lo)
         if "gain" in param_group:
             param_group["gain"] = check_gain(param_group["gain"], where)
         if "stiefel" in param_group:
