@@ -113,15 +113,6 @@ def _tall_steps_seconds(B: int, m: int, n: int, steps: int, quintics: int, elem_
         Launch("poly", {unit: passes * n3}, 0.0, programs=sym), device)
 
 
-def newton_schulz_tall_seconds(B: int, m: int, n: int, steps: int, quintics: int, elem_bytes: int, unit: str,
-                               device: DeviceModel, passes: int = 1) -> float:
-    """Modelled seconds of the tall side (as in ``newton_schulz_sides``) counting whole waves of programs, for
-    comparing batches of different sizes: a small batch leaves most SMs idle in every launch, which is what
-    ``dispatch.merge_buckets`` weighs against the rows and columns it pads. An estimate."""
-    return (_tall_steps_seconds(B, m, n, steps, quintics, elem_bytes, unit, device, passes, waves=True)
-            + (7 + 3 * steps) * device.graph_launch_s)
-
-
 def newton_schulz_tall_gram(B: int, m: int, n: int, steps: tuple, switch: int, elem_bytes: int, unit: str,
                             device: DeviceModel, passes: int = 1, waves: bool = False) -> float:
     """Modelled seconds of the tall side handing steps ``switch`` onwards (``steps``: (a, b, c, ...) tuples, as
@@ -151,8 +142,8 @@ def newton_schulz_tall_gram(B: int, m: int, n: int, steps: tuple, switch: int, e
 
 
 def newton_schulz_sides(B: int, m: int, n: int, steps: int, quintics: int, elem_bytes: int, unit: str,
-                        device: DeviceModel, passes: int = 1, fused_nxn_flops: float | None = None
-                        ) -> tuple[float, float]:
+                        device: DeviceModel, passes: int = 1, fused_nxn_flops: float | None = None,
+                        waves: bool = False) -> tuple[float, float]:
     """(tall side, Gram side) modelled seconds of ``steps`` Newton–Schulz steps (``quintics`` of them quintic) on a
     tall (B, m, n) batch: the tall side in ``passes`` passes on ``unit`` on elements of ``elem_bytes`` (read X twice
     and write it once per step; FLOPs of the symmetric Gram, its square and the apply), the Gram side as a float64
@@ -160,9 +151,11 @@ def newton_schulz_sides(B: int, m: int, n: int, steps: int, quintics: int, elem_
     operands and writing one, unless one fused kernel keeps them on chip: then ``fused_nxn_flops``, its float64
     tensor-core FLOPs, ``compiled.gram_ns_factor_flops``), and a float64 apply. Each side also pays its launches at
     the graph-captured rate: the tall side 7 before its steps and 3 per step, the Gram side 5 where one fused kernel
-    runs the whole n x n iteration, else 9 and one per n x n product. The dispatch picks the cheaper."""
+    runs the whole n x n iteration, else 9 and one per n x n product. The dispatch picks the cheaper. ``waves``: the
+    tall side's launches take whole waves of their programs (``_tall_steps_seconds``), for comparing batches of
+    different sizes (``dispatch.merge_buckets``)."""
     mn, mn2, n3 = B * m * n, B * m * n * n, B * n**3
-    tall = _tall_steps_seconds(B, m, n, steps, quintics, elem_bytes, unit, device, passes)
+    tall = _tall_steps_seconds(B, m, n, steps, quintics, elem_bytes, unit, device, passes, waves)
     tall += (7 + 3 * steps) * device.graph_launch_s
     g = [Launch("gram", {"fp64_tc": mn2}, 4 * mn), Launch("apply", {"fp64_tc": 2 * mn2}, 8 * mn)]
     products = 4 * quintics + 3 * (steps - quintics)

@@ -136,27 +136,32 @@ def newton_schulz_side(B: int, m: int, n: int, mode: str, dtype: torch.dtype, de
     """
     if dtype == torch.float64:
         return "tall"
-    steps = ns_schedule.steps_for(mode, rcond, n, compute_dtype(dtype))
     if device_type != "cuda":
         return "gram" if m >= 2 * n else "tall"
-    quintics = sum(1 for s in steps if s.c != 0.0)
-    unit, elem, passes = _tall_products(mode)
-    # backend "cuda": the whole n x n iteration in one launch
-    fused = (compiled.gram_ns_factor_flops(B, n, [s.c for s in steps]) if n <= compiled.LIMITS["cuda_small_max_n"]
-             else None)
-    device = _cost.DEVICES["h100"]
-    tall, gram = _cost.newton_schulz_sides(B, m, n, len(steps), quintics, elem, unit, device, passes, fused)
-    costs = {"tall": tall, "gram": gram}
-    switch = ns_schedule.switch_step(mode, rcond, n, compute_dtype(dtype))
-    if switch is not None:
-        costs["tall_gram"] = _cost.newton_schulz_tall_gram(B, m, n, steps, switch, elem, unit, device, passes)
+    costs = _newton_schulz_costs(B, m, n, mode, dtype, rcond)
     return min(costs, key=costs.get)
 
 
-def _tall_products(mode: str) -> tuple[str, int, int]:
-    """(unit, bytes per element, passes) of the tall side's products on a GPU: fast mode's bfloat16 steps; accurate
-    mode's float32 steps as three float16 passes ("fp16x3", triton_kernels/_dot.py)."""
-    return ("tc16", 2, 1) if mode == "fast" else ("tc16", 4, 3)
+def _newton_schulz_costs(B: int, m: int, n: int, mode: str, dtype: torch.dtype, rcond: float, *,
+                         waves: bool = False, fused: bool = True) -> dict[str, float]:
+    """Modelled GPU seconds of each side newton_schulz can take on a tall (B, m, n) batch (``orthokern/_cost.py``,
+    H100 spec rates): the tall side's products on the tensor cores (fast mode's bfloat16 steps; accurate mode's
+    float32 steps as three float16 passes, "fp16x3", triton_kernels/_dot.py), the Gram side's n x n iteration in one
+    fused launch where n allows and ``fused`` (backend "cuda"), and "tall_gram" where the schedule has a switch step.
+    ``waves``: count whole waves of programs on the tall and tall-gram sides (``merge_buckets`` compares batches)."""
+    steps = ns_schedule.steps_for(mode, rcond, n, compute_dtype(dtype))
+    quintics = sum(1 for s in steps if s.c != 0.0)
+    unit, elem, passes = ("tc16", 2, 1) if mode == "fast" else ("tc16", 4, 3)
+    nxn = (compiled.gram_ns_factor_flops(B, n, [s.c for s in steps])
+           if fused and n <= compiled.LIMITS["cuda_small_max_n"] else None)
+    device = _cost.DEVICES["h100"]
+    tall, gram = _cost.newton_schulz_sides(B, m, n, len(steps), quintics, elem, unit, device, passes, nxn, waves)
+    costs = {"tall": tall, "gram": gram}
+    switch = ns_schedule.switch_step(mode, rcond, n, compute_dtype(dtype))
+    if switch is not None:
+        costs["tall_gram"] = _cost.newton_schulz_tall_gram(B, m, n, steps, switch, elem, unit, device, passes,
+                                                           waves)
+    return costs
 
 
 def _triton_gram_eigh(G: torch.Tensor, *, mode: str, rcond: float) -> torch.Tensor:
@@ -303,9 +308,8 @@ def merge_buckets(shapes: list[tuple[int, int, int]], *, method: str, mode: str,
     layer (n = 1000) beside the 2048 x 1024 layer. Only on a GPU, for the Newton–Schulz path, between buckets with the
     same schedule (``ns_schedule``: the same power-of-two bucket of n), and only where the cost model says the padded
     call is faster than the separate ones: each call modelled on the side it would take (``newton_schulz_side``),
-    the tall and tall-gram sides with whole waves of programs on an H100 (``_cost.newton_schulz_tall_seconds``), the
-    Gram side as ``_cost.newton_schulz_sides`` has it. Greedy: the largest buckets first, each joining the group it
-    saves most in, or starting its own. Decided from shapes alone.
+    the tall and tall-gram sides with whole waves of programs on an H100 (``_newton_schulz_costs``). Greedy: the
+    largest buckets first, each joining the group it saves most in, or starting its own. Decided from shapes alone.
     """
     if not _merges(method, mode, rcond, backend, dtype, device_type):
         return [[i] for i in range(len(shapes))]
@@ -322,27 +326,15 @@ _MERGES: dict[tuple, tuple[tuple[int, ...], ...]] = {}
 
 def _merge_groups(shapes: list[tuple[int, int, int]], method: str, mode: str, rcond: float, backend: Optional[str],
                   dtype: torch.dtype) -> list[list[int]]:
-    device = _cost.DEVICES["h100"]
-    unit, elem, passes = _tall_products(mode)
     ns_rcond = effective_rcond("newton_schulz", rcond, dtype)
-
     # backend=None runs the Gram side's n x n iteration in the fused CUDA kernel where it can (``_cuda_newton_schulz``)
-    fused_ok = backend is None and current_env().cuda_ops is None
+    fused = backend is None and current_env().cuda_ops is None
 
     def seconds(members: list[int]) -> float:
         B, m, n = (sum(shapes[i][0] for i in members), max(shapes[i][1] for i in members),
                    max(shapes[i][2] for i in members))
-        steps = ns_schedule.steps_for(mode, ns_rcond, n, compute_dtype(dtype))
-        quintics = sum(1 for s in steps if s.c != 0.0)
         side = newton_schulz_side(B, m, n, mode, dtype, "cuda", ns_rcond)  # the side the call would take
-        if side == "gram":
-            fused = (compiled.gram_ns_factor_flops(B, n, [s.c for s in steps])
-                     if fused_ok and n <= compiled.LIMITS["cuda_small_max_n"] else None)
-            return _cost.newton_schulz_sides(B, m, n, len(steps), quintics, elem, unit, device, passes, fused)[1]
-        if side == "tall_gram":
-            return _cost.newton_schulz_tall_gram(B, m, n, steps, ns_schedule.switch_step(
-                mode, ns_rcond, n, compute_dtype(dtype)), elem, unit, device, passes, waves=True)
-        return _cost.newton_schulz_tall_seconds(B, m, n, len(steps), quintics, elem, unit, device, passes)
+        return _newton_schulz_costs(B, m, n, mode, dtype, ns_rcond, waves=True, fused=fused)[side]
 
     alone: list[list[int]] = []
     groups: list[tuple[int, list[int]]] = []  # (power-of-two bucket of n, members)

@@ -36,10 +36,9 @@ def by_shape(blocks: Sequence[torch.Tensor], transforms: Sequence[Transform]) ->
     # Polar blocks tall (wide ones transposed), so that transposed shapes share a call (transforms.oriented).
     views = [oriented(b, t) for b, t in zip(blocks, transforms)]
     for group in _calls(buckets(views, transforms), views):
-        (t, M, N, _, _), members = group[0][0], []
-        if len(group) > 1:
-            M, N = max(key[1] for key, _ in group), max(key[2] for key, _ in group)
-        stacks = []  # what is stacked into the call's input: views of the blocks, and padded copies
+        t = group[0][0][0]  # one transform per call
+        M, N = max(key[1] for key, _ in group), max(key[2] for key, _ in group)
+        members, stacks = [], []  # what is stacked into the call's input: views of the blocks, and padded copies
         for key, idx in group:
             # The transposed blocks first, so that their results go back to their orientation in one copy.
             flipped = [i for i in idx if views[i] is not blocks[i]]
